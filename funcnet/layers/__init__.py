@@ -1,0 +1,8 @@
+"""One file per layer family; each holds init, forward and backward side by side."""
+from .activation import identity, log_softmax, relu, sigmoid, sign, softmax, tanh
+from .conv import conv2d
+from .dense import dense
+from .dropout import dropout
+from .norm import batch_norm
+from .pool import avg_pool, gaussian_pool, learned_pool, max_pool
+from .reshape import flatten

@@ -1,0 +1,81 @@
+"""2-D convolution layer (cross-correlation, as in every framework): NHWC input, HWIO kernel.
+
+    y[n, h, w, o] = b[o] + Σ_{i, j, c} xp[n, h·s + i, w·s + j, c] · W[i, j, c, o]
+
+where xp is the input zero-padded by `padding`. The notes write the same layer as a true
+convolution with the kernel rotated by 180 degrees; the two are the same function.
+"""
+import jax
+
+from ..core import Layer, LayerError, check, float_dtype, positive_pair
+from ..initializers import resolve, xavier, zeros
+from ..ops import check_padding, correlate, dilate, out_size, pad_amounts, rot180
+
+
+def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xavier,
+           b_init=zeros) -> Layer:
+    """Convolution with params {"w": (kh, kw, c_in, out_channels), "b": (out_channels,)}.
+
+    `padding`: "VALID", "SAME" (output ceil(in / stride)), an int, or
+    ((top, bottom), (left, right)).
+    """
+    if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels <= 0:
+        raise LayerError(f"conv2d: out_channels must be a positive int, got {out_channels!r}")
+    kernel = positive_pair(kernel_size, "kernel_size", "conv2d")
+    strides = positive_pair(stride, "stride", "conv2d")
+    check_padding(padding, "conv2d")
+    w_init, b_init = resolve(w_init, "conv2d", "w_init"), resolve(b_init, "conv2d", "b_init")
+
+    def pads_for(shape):
+        return pad_amounts(padding, shape[1:3], kernel, strides, "conv2d")
+
+    def output_shape(shape):
+        check(len(shape) == 4, "conv2d expects NHWC input (batch, height, width, channels), "
+              f"got shape {shape}")
+        pads = pads_for(shape)
+        hp, wp = shape[1] + sum(pads[0]), shape[2] + sum(pads[1])
+        check(hp >= kernel[0] and wp >= kernel[1],
+              f"conv2d kernel {kernel} is larger than its input: height x width {(hp, wp)} after "
+              f"padding {padding!r} (input shape {shape})")
+        return (shape[0], out_size(hp, kernel[0], strides[0]), out_size(wp, kernel[1], strides[1]),
+                out_channels)
+
+    def init(key, input_shape, dtype=None):
+        output_shape(tuple(input_shape))
+        kw, kb = jax.random.split(key)
+        dtype = float_dtype(dtype)
+        w = w_init(kw, kernel + (input_shape[3], out_channels), dtype)
+        return {"w": w, "b": b_init(kb, (out_channels,), dtype)}, {}
+
+    def forward(params, state, x, *, train=False, key=None):
+        output_shape(tuple(x.shape))
+        c_in = params["w"].shape[2]
+        check(x.shape[3] == c_in, f"conv2d expects {c_in} input channels (w is "
+              f"{tuple(params['w'].shape)}), got input of shape {tuple(x.shape)}")
+        y = correlate(x, params["w"], stride=strides, padding=pads_for(x.shape))
+        return y + params["b"], state, {"x": x}
+
+    def backward(params, cache, dy):
+        """With δ = dy spread back to stride 1 by dilation (s−1 zeros between entries):
+          dx = δ ⋆full rot180(W)   (W's in/out channels swapped; = the notes' full
+                                    convolution of δ with the kernel), padding cropped off
+          dW = xp ⋆valid δ         (the padded input correlated with δ, summed over batch)
+          db = Σ_{n,h,w} δ
+        Rows/columns that no window reached (ragged edge) get zero gradient."""
+        x, w = cache["x"], params["w"]
+        (pt, pb), (pl, pr) = pads = pads_for(x.shape)
+        h, wd = x.shape[1:3]
+        hp, wp = h + pt + pb, wd + pl + pr
+        kh, kw = kernel
+        d = dilate(dy, strides)
+        rh, rw = hp - (d.shape[1] + kh - 1), wp - (d.shape[2] + kw - 1)  # ragged edge
+        full = ((kh - 1, kh - 1 + rh), (kw - 1, kw - 1 + rw))
+        dxp = correlate(d, rot180(w).transpose(0, 1, 3, 2), padding=full)
+        dx = dxp[:, pt:pt + h, pl:pl + wd, :]
+        xp = jax.numpy.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+        # Contract over the batch: batch plays the channel, channels play the batch.
+        dw = correlate(xp.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), padding=((0, 0), (0, 0)),
+                       rhs_dilation=strides)[:, :kh, :kw, :].transpose(1, 2, 0, 3)
+        return {"w": dw, "b": dy.sum((0, 1, 2))}, dx
+
+    return Layer(init, forward, backward, "conv2d", output_shape)

@@ -1,0 +1,42 @@
+"""Fully-connected (affine) layer: y = x W + b, with x of shape (batch, features)."""
+from ..core import Layer, LayerError, check, float_dtype
+from ..initializers import resolve, xavier, zeros
+import jax
+
+
+def dense(out: int, w_init=xavier, b_init=zeros) -> Layer:
+    """Affine layer with params {"w": (fan_in, out), "b": (out,)}.
+
+    `w_init` is an initializer or a number (the std of Gaussian weights, cs231n's
+    weight_scale); Xavier by default. Biases start at zero.
+    """
+    if not isinstance(out, int) or isinstance(out, bool) or out <= 0:
+        raise LayerError(f"dense: out must be a positive int, got {out!r}")
+    w_init, b_init = resolve(w_init, "dense", "w_init"), resolve(b_init, "dense", "b_init")
+
+    def output_shape(shape):
+        hint = "; add flatten before dense" if len(shape) > 2 else ""
+        check(len(shape) == 2, f"dense expects rank-2 input (batch, features), got shape {shape}{hint}")
+        return (shape[0], out)
+
+    def init(key, input_shape, dtype=None):
+        output_shape(tuple(input_shape))
+        kw, kb = jax.random.split(key)
+        dtype = float_dtype(dtype)
+        return {"w": w_init(kw, (input_shape[1], out), dtype), "b": b_init(kb, (out,), dtype)}, {}
+
+    def forward(params, state, x, *, train=False, key=None):
+        output_shape(tuple(x.shape))
+        fan_in = params["w"].shape[0]
+        check(x.shape[1] == fan_in, f"dense expects {fan_in} input features (w is "
+              f"{tuple(params['w'].shape)}), got input of shape {tuple(x.shape)}")
+        return x @ params["w"] + params["b"], state, {"x": x}
+
+    def backward(params, cache, dy):
+        """Row form of the notes' δ rule, for z = x W + b:
+        dW = xᵀ δ,  db = Σ_batch δ,  dx = δ Wᵀ
+        (the notes' column form dW = δ aᵀ is the transpose of this)."""
+        x = cache["x"]
+        return {"w": x.T @ dy, "b": dy.sum(0)}, dy @ params["w"].T
+
+    return Layer(init, forward, backward, "dense", output_shape)

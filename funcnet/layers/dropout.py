@@ -1,0 +1,32 @@
+"""Inverted dropout (Srivastava et al. 2014; cs231n, Ng)."""
+import jax
+import jax.numpy as jnp
+
+from ..core import Layer, LayerError
+
+
+def dropout(rate: float) -> Layer:
+    """Drop each unit with probability `rate` in training and scale the kept ones by
+    1 / (1 − rate), so evaluation is the identity. Needs a `key` only when train=True."""
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+        raise LayerError(f"dropout: rate is the probability of dropping and must be in [0, 1), "
+                         f"got {rate!r}")
+
+    def init(key, input_shape, dtype=None):
+        return {}, {}
+
+    def forward(params, state, x, *, train=False, key=None):
+        if not train or rate == 0:
+            return x, state, {}
+        if key is None:
+            raise LayerError("dropout needs a PRNG key in training: pass key=... to apply/forward")
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        mask = keep.astype(x.dtype) / (1.0 - rate)
+        return x * mask, state, {"mask": mask}
+
+    def backward(params, cache, dy):
+        """dx = δ ⊙ mask / (1 − rate): the same mask as the forward pass (identity in
+        evaluation)."""
+        return {}, dy * cache["mask"] if "mask" in cache else dy
+
+    return Layer(init, forward, backward, "dropout", lambda shape: tuple(shape))

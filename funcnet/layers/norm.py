@@ -1,0 +1,68 @@
+"""Batch normalization (Ioffe & Szegedy 2015) over every axis but the last (features, or
+channels of NHWC conv maps)."""
+import math
+
+import jax.numpy as jnp
+
+from ..core import Layer, LayerError, check, float_dtype
+
+
+def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
+    """params {"gamma": 1, "beta": 0}, state {"mean": 0, "var": 1}, each of shape (features,).
+
+    Training: x̂ = (x − μ_B) / √(σ²_B + ε) with the batch mean and biased variance, y = γ x̂ + β,
+    and running = momentum · running + (1 − momentum) · batch. Evaluation: the running
+    statistics stand in for the batch's.
+    """
+    for what, v, lo in (("momentum", momentum, 0.0), ("eps", eps, 0.0)):
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
+            raise LayerError(f"batch_norm: {what} must be a finite number >= {lo}, got {v!r}")
+    if momentum > 1:
+        raise LayerError(f"batch_norm: momentum must be in [0, 1], got {momentum!r}")
+
+    def output_shape(shape):
+        check(len(shape) >= 2, f"batch_norm expects input (batch, ..., features), got shape {shape}")
+        return tuple(shape)
+
+    def init(key, input_shape, dtype=None):
+        output_shape(tuple(input_shape))
+        f, dtype = input_shape[-1], float_dtype(dtype)
+        params = {"gamma": jnp.ones((f,), dtype), "beta": jnp.zeros((f,), dtype)}
+        return params, {"mean": jnp.zeros((f,), dtype), "var": jnp.ones((f,), dtype)}
+
+    def forward(params, state, x, *, train=False, key=None):
+        output_shape(tuple(x.shape))
+        f = params["gamma"].shape[0]
+        check(x.shape[-1] == f, f"batch_norm has {f} features, got input of shape {tuple(x.shape)}")
+        axes = tuple(range(x.ndim - 1))
+        if train:
+            mean, var = x.mean(axes), x.var(axes)
+            new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
+                         "var": momentum * state["var"] + (1 - momentum) * var}
+        else:
+            mean, var, new_state = state["mean"], state["var"], state
+        inv_std = 1.0 / jnp.sqrt(var + eps)
+        x_hat = (x - mean) * inv_std
+        cache = {"x_hat": x_hat, "inv_std": inv_std}
+        if train:
+            cache["batch"] = jnp.ones((), x.dtype)  # marks the training-mode formula
+        return params["gamma"] * x_hat + params["beta"], new_state, cache
+
+    def backward(params, cache, dy):
+        """dβ = Σ δ,  dγ = Σ δ ⊙ x̂,  and with dx̂ = δ ⊙ γ over the m examples (every axis
+        but the last):
+          training:   dx = (1/m) / √(σ²+ε) · (m dx̂ − Σ dx̂ − x̂ ⊙ Σ (dx̂ ⊙ x̂))
+                      (the full formula through μ_B and σ²_B)
+          evaluation: dx = dx̂ / √(σ²_run + ε)   (the statistics are constants)."""
+        x_hat, inv_std = cache["x_hat"], cache["inv_std"]
+        axes = tuple(range(dy.ndim - 1))
+        dparams = {"gamma": jnp.sum(dy * x_hat, axes), "beta": jnp.sum(dy, axes)}
+        dx_hat = dy * params["gamma"]
+        if "batch" not in cache:
+            return dparams, dx_hat * inv_std
+        m = math.prod(dy.shape[:-1])
+        dx = inv_std / m * (m * dx_hat - jnp.sum(dx_hat, axes)
+                            - x_hat * jnp.sum(dx_hat * x_hat, axes))
+        return dparams, dx
+
+    return Layer(init, forward, backward, "batch_norm", output_shape)

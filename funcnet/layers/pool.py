@@ -1,0 +1,149 @@
+"""Pooling (the notes' downsampling): max, mean, Gaussian-weighted and learned.
+
+Every pool reads the ph·pw cells of each window (`ops.windows`) and its backward sends
+δ back to them (`ops.scatter_windows`, the transpose), so overlapping windows, strides and
+padding are all handled by the same two helpers. The stride defaults to the window
+(non-overlapping, as in the notes, cs231n and PyTorch). Padding "VALID" ignores the
+ragged edge; "SAME" pads it and keeps it (the notes' two edge modes). Max pooling pads
+with −∞ (a pad never wins); mean pooling pads with 0 and always divides by the window area.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ..core import Layer, LayerError, check, float_dtype, positive_pair
+from ..initializers import resolve
+from ..ops import check_padding, out_size, pad_amounts, scatter_windows, windows
+
+
+def _pool(name, window, stride, padding, cells_forward, cells_backward, init_params=None):
+    """Build a pool layer from what it does with the cells of each window.
+
+    cells_forward(params, cells) -> (y, extra cache) and
+    cells_backward(params, cache, dy) -> (dparams, d_cells) work on (N, Ho, Wo, C, ph·pw).
+    """
+    window = positive_pair(window, "window", name)
+    strides = window if stride is None else positive_pair(stride, "stride", name)
+    check_padding(padding, name)
+    pad_value = -jnp.inf if name == "max_pool" else 0.0
+
+    def pads_for(shape):
+        return pad_amounts(padding, shape[1:3], window, strides, name)
+
+    def output_shape(shape):
+        check(len(shape) == 4, f"{name} expects NHWC input (batch, height, width, channels), "
+              f"got shape {shape}")
+        pads = pads_for(shape)
+        hp, wp = shape[1] + sum(pads[0]), shape[2] + sum(pads[1])
+        check(hp >= window[0] and wp >= window[1],
+              f"{name} window {window} is larger than its input: height x width {(hp, wp)} after "
+              f"padding {padding!r} (input shape {shape})")
+        return (shape[0], out_size(hp, window[0], strides[0]), out_size(wp, window[1], strides[1]),
+                shape[3])
+
+    def init(key, input_shape, dtype=None):
+        output_shape(tuple(input_shape))
+        params = {} if init_params is None else init_params(key, tuple(input_shape), float_dtype(dtype))
+        return params, {}
+
+    def forward(params, state, x, *, train=False, key=None):
+        output_shape(tuple(x.shape))
+        if "w" in params:
+            check(params["w"].shape[-1] == x.shape[3], f"{name} has weights for "
+                  f"{params['w'].shape[-1]} channels, got input of shape {tuple(x.shape)}")
+        cells = windows(x, window, strides, pads_for(x.shape), pad_value)
+        y, cache = cells_forward(params, cells)
+        # The input's shape travels in the cache as an empty array (a cache holds arrays).
+        return y, state, dict(cache, like=jnp.zeros((0,) + x.shape[1:], x.dtype))
+
+    def backward(params, cache, dy):
+        dparams, d_cells = cells_backward(params, cache, dy)
+        shape = (dy.shape[0],) + cache["like"].shape[1:]
+        return dparams, scatter_windows(d_cells, window, strides, shape[1:3], pads_for(shape))
+
+    return Layer(init, forward, backward, name, output_shape)
+
+
+def max_pool(window, stride=None, padding="VALID") -> Layer:
+    """y = max of each window."""
+    win = positive_pair(window, "window", "max_pool")
+
+    def cells_forward(params, cells):
+        idx = jnp.argmax(cells, axis=-1)  # first maximum in row-major order: ties are deterministic
+        return jnp.take_along_axis(cells, idx[..., None], axis=-1)[..., 0], {"idx": idx}
+
+    def cells_backward(params, cache, dy):
+        """δ goes to the arg-max cell of its window only; the other cells get 0. (Copying δ
+        to all cells, as one of the notes says, is wrong: `check_gradients` shows it.)
+        Overlapping windows add up their contributions."""
+        return {}, jax.nn.one_hot(cache["idx"], win[0] * win[1], dtype=dy.dtype) * dy[..., None]
+
+    return _pool("max_pool", window, stride, padding, cells_forward, cells_backward)
+
+
+def avg_pool(window, stride=None, padding="VALID") -> Layer:
+    """y = mean of each window (zero padding counts: the divisor is always the area)."""
+    win = positive_pair(window, "window", "avg_pool")
+    area = win[0] * win[1]
+
+    def cells_forward(params, cells):
+        return cells.mean(-1), {}
+
+    def cells_backward(params, cache, dy):
+        """Upsample: each cell of a window receives δ / (ph·pw)."""
+        return {}, jnp.broadcast_to(dy[..., None] / area, dy.shape + (area,))
+
+    return _pool("avg_pool", window, stride, padding, cells_forward, cells_backward)
+
+
+def gaussian_kernel(window, sigma):
+    """Weights ∝ exp(−r² / 2σ²) around the window's centre, normalized to sum to 1."""
+    ph, pw = window
+    i = jnp.arange(ph) - (ph - 1) / 2
+    j = jnp.arange(pw) - (pw - 1) / 2
+    g = jnp.exp(-(i[:, None] ** 2 + j[None, :] ** 2) / (2.0 * sigma ** 2))
+    return g / g.sum()
+
+
+def gaussian_pool(window, sigma=1.0, stride=None, padding="VALID") -> Layer:
+    """The notes' Gaussian pooling: a fixed Gaussian-weighted average of each window
+    (Gaussian blur, then downsampling)."""
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise LayerError(f"gaussian_pool: sigma must be a positive number, got {sigma!r}")
+    win = positive_pair(window, "window", "gaussian_pool")
+    g = gaussian_kernel(win, float(sigma)).reshape(-1)
+
+    def cells_forward(params, cells):
+        return cells @ g.astype(cells.dtype), {}
+
+    def cells_backward(params, cache, dy):
+        """Each cell (i, j) of a window receives δ · g[i, j]."""
+        return {}, dy[..., None] * g.astype(dy.dtype)
+
+    return _pool("gaussian_pool", window, stride, padding, cells_forward, cells_backward)
+
+
+def learned_pool(window, stride=None, padding="VALID", w_init=None) -> Layer:
+    """The notes' trainable pooling: y = Σ_cells w[i, j, c] · x_cell, one weight per window
+    cell and channel, params {"w": (ph, pw, C)}; starts as mean pooling (w = 1/area)."""
+    win = positive_pair(window, "window", "learned_pool")
+    area = win[0] * win[1]
+    w_init = (lambda k, s, d: jnp.full(s, 1.0 / area, d)) if w_init is None \
+        else resolve(w_init, "learned_pool", "w_init")
+
+    def init_params(key, input_shape, dtype):
+        return {"w": w_init(key, win + (input_shape[3],), dtype)}
+
+    def cells_forward(params, cells):
+        w = params["w"].reshape(area, -1).T  # (C, ph·pw)
+        return jnp.sum(cells * w, axis=-1), {"cells": cells}
+
+    def cells_backward(params, cache, dy):
+        """dw[i, j, c] = Σ_{n,h,w} δ · x_cell(i, j);  each cell receives δ · w[i, j, c]."""
+        w = params["w"].reshape(area, -1).T
+        dw = jnp.sum(cache["cells"] * dy[..., None], axis=(0, 1, 2))  # (C, ph·pw)
+        return {"w": dw.T.reshape(params["w"].shape)}, dy[..., None] * w
+
+    return _pool("learned_pool", window, stride, padding, cells_forward, cells_backward,
+                 init_params)

@@ -1,0 +1,31 @@
+"""flatten: (batch, ...) -> (batch, features), the notes' rasterization (光栅化)."""
+import math
+
+import jax.numpy as jnp
+
+from ..core import Layer, check
+
+
+def _output_shape(shape):
+    check(len(shape) >= 2, f"flatten expects input with a batch axis, got shape {shape}")
+    return (shape[0], math.prod(shape[1:]))
+
+
+def _init(key, input_shape, dtype=None):
+    _output_shape(tuple(input_shape))
+    return {}, {}
+
+
+def _forward(params, state, x, *, train=False, key=None):
+    _output_shape(tuple(x.shape))
+    # The cache keeps only the input's shape, as an empty array (a cache holds arrays).
+    return x.reshape(x.shape[0], -1), state, {"like": jnp.zeros((0,) + x.shape[1:], x.dtype)}
+
+
+def _backward(params, cache, dy):
+    """Rasterization moves values without changing them: δ is reshaped back to the
+    feature maps' shape."""
+    return {}, dy.reshape((dy.shape[0],) + cache["like"].shape[1:])
+
+
+flatten = Layer(_init, _forward, _backward, "flatten", _output_shape)

@@ -1,0 +1,142 @@
+"""Losses, each with its hand-derived gradient as `loss.grad(pred, target)`.
+
+Every loss returns a scalar. Cross-entropies average over the examples; mse, mae and rmse
+average over all elements (as torch.nn.functional.mse_loss does).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .core import FuncnetError
+
+
+def _with_grad(grad):
+    """Attach the hand-derived gradient to a loss as `loss.grad`."""
+
+    def attach(loss):
+        loss.grad = grad
+        return loss
+
+    return attach
+
+
+def _concrete(x):
+    """x as a NumPy array when its values are known (not traced), else None."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def check_labels(logits_shape, labels, where="softmax_cross_entropy"):
+    """Integer labels of shape (batch,) in [0, classes); checked when values are known."""
+    labels_shape = tuple(jnp.shape(labels))
+    if labels_shape != tuple(logits_shape[:1]) or len(logits_shape) != 2:
+        raise FuncnetError(f"{where}: expected logits (batch, classes) and integer labels (batch,), "
+                           f"got logits {tuple(logits_shape)} and labels {labels_shape}")
+    if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
+        raise FuncnetError(f"{where}: labels must be integer class indices, got dtype "
+                           f"{jnp.asarray(labels).dtype}")
+    values = _concrete(labels)
+    if values is not None and values.size:
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= logits_shape[1]:
+            bad = lo if lo < 0 else hi
+            raise FuncnetError(f"{where}: label {bad} is out of range for {logits_shape[1]} classes "
+                               f"(labels must lie in [0, {logits_shape[1] - 1}])")
+
+
+def _softmax_ce_grad(logits, labels):
+    """∂L/∂z = (softmax(z) − onehot(y)) / N."""
+    n, k = logits.shape
+    return (jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(labels, k, dtype=logits.dtype)) / n
+
+
+@_with_grad(_softmax_ce_grad)
+def softmax_cross_entropy(logits, labels):
+    """L = −(1/N) Σ_n log softmax(z_n)[y_n], with integer labels y."""
+    check_labels(jnp.shape(logits), labels)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1))
+
+
+def _check_same_shape(pred, target, where):
+    if jnp.shape(pred) != jnp.shape(target):
+        raise FuncnetError(f"{where}: prediction and target must have the same shape, got "
+                           f"{tuple(jnp.shape(pred))} and {tuple(jnp.shape(target))}")
+
+
+def _bce_grad(logits, labels):
+    """∂L/∂z = (σ(z) − y) / N, with N the number of examples (the leading axis)."""
+    return (jax.nn.sigmoid(logits) - labels) / logits.shape[0]
+
+
+@_with_grad(_bce_grad)
+def binary_cross_entropy(logits, labels):
+    """L = (1/N) Σ_n Σ [softplus(z) − y z], the cross-entropy of σ(z) against y ∈ [0, 1],
+    written to stay finite for |z| in the thousands (log σ(z) = −softplus(−z))."""
+    _check_same_shape(logits, labels, "binary_cross_entropy")
+    per = jnp.logaddexp(0.0, logits) - labels * logits
+    return jnp.sum(per) / logits.shape[0]
+
+
+def _mse_grad(pred, target):
+    """∂L/∂ŷ = 2 (ŷ − y) / n over the n elements."""
+    return 2.0 * (pred - target) / pred.size
+
+
+@_with_grad(_mse_grad)
+def mse(pred, target):
+    """Mean squared error (1/n) Σ (ŷ − y)² over all n elements."""
+    _check_same_shape(pred, target, "mse")
+    return jnp.mean((pred - target) ** 2)
+
+
+def _mae_grad(pred, target):
+    """∂L/∂ŷ = sign(ŷ − y) / n (the subgradient 0 at ŷ = y)."""
+    return jnp.sign(pred - target) / pred.size
+
+
+@_with_grad(_mae_grad)
+def mae(pred, target):
+    """Mean absolute error (1/n) Σ |ŷ − y|."""
+    _check_same_shape(pred, target, "mae")
+    return jnp.mean(jnp.abs(pred - target))
+
+
+def _rmse_grad(pred, target):
+    """∂L/∂ŷ = (ŷ − y) / (n · RMSE)."""
+    r = jnp.sqrt(jnp.mean((pred - target) ** 2))
+    return (pred - target) / (pred.size * r)
+
+
+@_with_grad(_rmse_grad)
+def rmse(pred, target):
+    """Root mean squared error √((1/n) Σ (ŷ − y)²)."""
+    _check_same_shape(pred, target, "rmse")
+    return jnp.sqrt(jnp.mean((pred - target) ** 2))
+
+
+def _is_weight(path) -> bool:
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", None)) == "w"
+
+
+def _l2_grad(params, strength):
+    """∂/∂w (½ λ Σ w²) = λ w for every leaf named w; zero for biases, γ and β."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: strength * x if _is_weight(p) else jnp.zeros_like(x), params)
+
+
+@_with_grad(_l2_grad)
+def l2(params, strength):
+    """½ λ Σ w² over every leaf named "w" (biases, γ and β are not penalized).
+    (The penalty is quadratic; λ Σ w, as one note writes, is not a regularizer.)"""
+    leaves = [x for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if _is_weight(p)]
+    return 0.5 * strength * sum((jnp.sum(x ** 2) for x in leaves), jnp.zeros(()))
+
+
+def accuracy(logits, labels):
+    """Fraction of examples whose arg-max logit is the label."""
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

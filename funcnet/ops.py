@@ -1,0 +1,186 @@
+"""The textbook helpers the backward formulas are written with.
+
+Images are NHWC and kernels HWIO (kh, kw, c_in, c_out); every function also takes a plain
+2-D matrix (and a 2-D kernel), as in the notes, and then returns a 2-D matrix.
+
+- correlate(x, w, mode): cross-correlation, what every framework calls "convolution".
+- convolve(x, w, mode): true convolution = correlate(x, rot180(w)).
+  "valid": output (H-kh+1, W-kw+1); "full": output (H+kh-1, W+kw-1) (zero padding kh-1).
+- rot180(w): the kernel turned half a circle (flip of both spatial axes).
+- dilate(x, s): s-1 zeros between neighbours, how a strided layer's δ is spread back.
+- windows / scatter_windows: the cells of every pooling window, and their transpose.
+- downsample(x, window, kind, edge) and upsample(dy, window): the notes' pooling pair,
+  with both edge modes ("ignore" the ragged edge, or "pad" it with zeros).
+Everything is vectorized jnp and jit-able; loops run over window cells, never pixels.
+"""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from .core import LayerError
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _as_4d(x, w=None):
+    """Lift a 2-D matrix (and 2-D kernel) to NHWC / HWIO; remember to drop it again."""
+    if x.ndim == 2:
+        x = x[None, :, :, None]
+        w = None if w is None else w[:, :, None, None]
+        return x, w, lambda y: y[0, :, :, 0]
+    if x.ndim != 4:
+        raise LayerError(f"ops: expected a 2-D matrix or an NHWC batch, got shape {x.shape}")
+    return x, w, lambda y: y
+
+
+def rot180(w):
+    """Rotate a kernel by 180 degrees: flip both spatial axes (the first two)."""
+    return w[::-1, ::-1]
+
+
+def dilate(x, stride):
+    """Insert stride-1 zeros between neighbouring pixels of an NHWC batch (or a matrix)."""
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    if (sh, sw) == (1, 1):
+        return x
+    x4, _, back = _as_4d(x)
+    n, h, w, c = x4.shape
+    out = jnp.zeros((n, (h - 1) * sh + 1, (w - 1) * sw + 1, c), x4.dtype)
+    return back(out.at[:, ::sh, ::sw, :].set(x4))
+
+
+def pad_amounts(padding, in_hw, window, stride, layer="layer"):
+    """((top, bottom), (left, right)) for "VALID", "SAME", an int or explicit pairs.
+
+    "SAME" pads so that the output is ceil(in / stride), the extra row at the bottom (as
+    TensorFlow and XLA do).
+    """
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "VALID":
+            return ((0, 0), (0, 0))
+        if mode == "SAME":
+            out = []
+            for n, k, s in zip(in_hw, window, stride):
+                total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+                out.append((total // 2, total - total // 2))
+            return tuple(out)
+        raise LayerError(f"{layer}: padding must be 'VALID', 'SAME', an int or "
+                         f"((top, bottom), (left, right)), got {padding!r}")
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pairs = ((padding, padding), (padding, padding))
+    else:
+        try:
+            pairs = tuple((int(a), int(b)) for a, b in padding)
+            ok = len(pairs) == 2
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise LayerError(f"{layer}: padding must be 'VALID', 'SAME', an int or "
+                             f"((top, bottom), (left, right)), got {padding!r}")
+    if min(min(p) for p in pairs) < 0:
+        raise LayerError(f"{layer}: padding must not be negative, got {padding!r}")
+    return pairs
+
+
+def check_padding(padding, layer):
+    """Validate a padding spec at construction (shapes are not known yet)."""
+    pad_amounts(padding, (1, 1), (1, 1), (1, 1), layer)
+
+
+def out_size(n, k, s):
+    """Number of windows of size k and stride s over n cells, ragged edge ignored."""
+    return (n - k) // s + 1
+
+
+def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1):
+    """Cross-correlation y[h, w] = Σ_ij x[h·s + i, w·s + j] · w[i, j] (summed over c_in).
+
+    `mode` "valid" or "full" sets the padding ("full" = kh-1, kw-1 on every side) unless
+    explicit `padding` pairs are given.
+    """
+    x4, w4, back = _as_4d(x, w)
+    kh, kw = w4.shape[:2]
+    if padding is None:
+        if mode == "valid":
+            padding = ((0, 0), (0, 0))
+        elif mode == "full":
+            padding = ((kh - 1, kh - 1), (kw - 1, kw - 1))
+        else:
+            raise LayerError(f"ops.correlate: mode must be 'valid' or 'full', got {mode!r}")
+    s = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    d = (rhs_dilation, rhs_dilation) if isinstance(rhs_dilation, int) else tuple(rhs_dilation)
+    y = lax.conv_general_dilated(x4, w4.astype(x4.dtype), s, padding, rhs_dilation=d,
+                                 dimension_numbers=_DIMS)
+    return back(y)
+
+
+def convolve(x, w, mode="valid"):
+    """True 2-D convolution: correlate with the kernel rotated by 180 degrees."""
+    return correlate(x, rot180(w), mode)
+
+
+def windows(x, window, stride, pads=((0, 0), (0, 0)), pad_value=0.0):
+    """Every pooling window's cells: (N, H, W, C) -> (N, Ho, Wo, C, ph·pw), row-major cells.
+
+    Built from ph·pw strided slices of the padded input; the ragged edge is ignored.
+    """
+    (ph, pw), (sh, sw) = window, stride
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=pad_value)
+    ho, wo = out_size(xp.shape[1], ph, sh), out_size(xp.shape[2], pw, sw)
+    cells = [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+             for i in range(ph) for j in range(pw)]
+    return jnp.stack(cells, axis=-1)
+
+
+def scatter_windows(cells, window, stride, in_hw, pads=((0, 0), (0, 0))):
+    """The transpose of `windows`: add each window cell's value back where it came from,
+    then crop the padding. (N, Ho, Wo, C, ph·pw) -> (N, H, W, C)."""
+    (ph, pw), (sh, sw) = window, stride
+    n, ho, wo, c, _ = cells.shape
+    hp, wp = in_hw[0] + sum(pads[0]), in_hw[1] + sum(pads[1])
+    out = jnp.zeros((n, hp, wp, c), cells.dtype)
+    for k in range(ph * pw):
+        i, j = divmod(k, pw)
+        out = out.at[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :].add(cells[..., k])
+    return out[:, pads[0][0]:pads[0][0] + in_hw[0], pads[1][0]:pads[1][0] + in_hw[1], :]
+
+
+def _edge_pads(in_hw, window, edge):
+    if edge == "ignore":
+        return ((0, 0), (0, 0))
+    if edge == "pad":
+        return tuple((0, -n % p) for n, p in zip(in_hw, window))
+    raise LayerError(f"ops: edge must be 'ignore' or 'pad', got {edge!r}")
+
+
+def downsample(x, window=(2, 2), kind="max", edge="ignore"):
+    """Non-overlapping pooling: the max or mean of each window.
+
+    edge "ignore" drops a ragged last row/column; "pad" fills the edge with zeros up to a
+    multiple of the window and keeps it (the notes' two edge modes).
+    """
+    x4, _, back = _as_4d(x)
+    window = (window, window) if isinstance(window, int) else tuple(window)
+    cells = windows(x4, window, window, _edge_pads(x4.shape[1:3], window, edge))
+    if kind == "max":
+        return back(cells.max(-1))
+    if kind == "mean":
+        return back(cells.mean(-1))
+    raise LayerError(f"ops.downsample: kind must be 'max' or 'mean', got {kind!r}")
+
+
+def upsample(dy, window=(2, 2), shape=None):
+    """Copy every value of dy to each cell of its window (the Kronecker product with a
+    block of ones), then crop or zero-pad to `shape` (H, W) if given."""
+    d4, _, back = _as_4d(dy)
+    ph, pw = (window, window) if isinstance(window, int) else tuple(window)
+    up = jnp.repeat(jnp.repeat(d4, ph, axis=1), pw, axis=2)
+    if shape is not None:
+        h, w = shape
+        up = up[:, :h, :w, :]
+        up = jnp.pad(up, ((0, 0), (0, h - up.shape[1]), (0, w - up.shape[2]), (0, 0)))
+    return back(up)
