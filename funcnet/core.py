@@ -78,7 +78,10 @@ def check(condition: bool, message: str):
 
 def positive_pair(value, what: str, layer: str) -> Tuple[int, int]:
     """Normalize an int or a pair to a pair of positive ints, failing at construction."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
+    try:  # a float or None is not iterable: report it like any other bad value
+        pair = (value, value) if isinstance(value, int) else tuple(value)
+    except TypeError:
+        pair = ()
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise LayerError(f"{layer}: {what} must be an int or a pair of ints, got {value!r}")
     if min(pair) <= 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .core import LayerError
@@ -74,8 +75,11 @@ def pad_amounts(padding, in_hw, window, stride, layer="layer"):
         pairs = ((padding, padding), (padding, padding))
     else:
         try:
-            pairs = tuple((int(a), int(b)) for a, b in padding)
-            ok = len(pairs) == 2
+            pairs = tuple((a, b) for a, b in padding)
+            # ints only: int() would silently truncate 1.5 to 1
+            ok = len(pairs) == 2 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                         for p in pairs for v in p)
+            pairs = tuple((int(a), int(b)) for a, b in pairs)
         except (TypeError, ValueError):
             ok = False
         if not ok:

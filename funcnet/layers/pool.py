@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..core import Layer, LayerError, check, float_dtype, positive_pair
 from ..initializers import resolve
@@ -99,10 +100,12 @@ def avg_pool(window, stride=None, padding="VALID") -> Layer:
 
 def gaussian_kernel(window, sigma):
     """Weights ∝ exp(−r² / 2σ²) around the window's centre, normalized to sum to 1."""
+    # NumPy float64, so a float64 model (gradient checks) gets float64 weights, not
+    # float32 ones computed at construction time and cast up.
     ph, pw = window
-    i = jnp.arange(ph) - (ph - 1) / 2
-    j = jnp.arange(pw) - (pw - 1) / 2
-    g = jnp.exp(-(i[:, None] ** 2 + j[None, :] ** 2) / (2.0 * sigma ** 2))
+    i = np.arange(ph) - (ph - 1) / 2
+    j = np.arange(pw) - (pw - 1) / 2
+    g = np.exp(-(i[:, None] ** 2 + j[None, :] ** 2) / (2.0 * sigma ** 2))
     return g / g.sum()
 
 

@@ -1,0 +1,724 @@
+"""Safe save / restore of any pytree: a NumPy .npz plus a JSON structure record, never pickled.
+
+Format (version 1). A checkpoint is an uncompressed .npz (a zip of .npy files, exactly what
+`np.savez` writes) holding
+
+- one array per leaf, named by its tree path: dict keys, NamedTuple field names and
+  sequence indices joined by "/" (e.g. "opt_state/0/mu/w"); a key's "/", "%" and other
+  unsafe characters are %-escaped, an empty key is "%", and a tree that is a single leaf is
+  "%root";
+- an entry named "%funcnet" (no escaped path can take that name): a 0-d unicode array
+  holding a JSON record {"format": "funcnet.checkpoint", "version": 1, "tree": ...,
+  "metadata": ...} that describes every node: dict (its keys, in order), tuple, list,
+  NamedTuple (its type name and fields), None, other registered pytree nodes (their type
+  name; rebuilt from `like`), array leaves (dtype, shape), Python scalars and strings, and
+  JAX PRNG keys (typed keys are stored as their uint32 `key_data` plus the impl name).
+
+So `np.load(path, allow_pickle=False)` reads every array with NumPy alone, and
+`json.loads(str(npz["%funcnet"]))` the structure. Object arrays are refused at save time.
+dtypes NumPy cannot name in a .npy header (bfloat16, float8 ...) are stored as same-width
+unsigned ints and viewed back on restore.
+
+Writes are atomic: the file is written to a temporary file in the target's directory,
+flushed and fsync'ed, then `os.replace`d onto the target and the directory fsync'ed. A crash
+or error mid-save leaves the previous checkpoint intact and removes the temporary file.
+
+`restore(path)` without `like` rebuilds dicts, tuples, lists and None, NamedTuples as
+`collections.namedtuple`s with the recorded type name and fields (nothing is imported by
+name), arrays as NumPy arrays with their exact saved dtypes (so a float64 or int64 leaf is
+not silently narrowed by JAX's default 32-bit mode), Python scalars as Python scalars and
+typed PRNG keys as JAX key arrays. `restore(path, like=tree)` returns a tree of exactly
+`like`'s structure and types -- NamedTuple and other pytree types, NumPy leaves as NumPy,
+JAX arrays (and `jax.ShapeDtypeStruct`s) as JAX arrays placed with `like`'s sharding, typed
+PRNG keys re-wrapped -- after checking that paths, shapes and dtypes agree; any difference
+is a `CheckpointMismatchError` listing every difference.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import keyword
+import operator
+import os
+import re
+import tempfile
+import urllib.parse
+import zipfile
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .core import FuncnetError
+
+FORMAT = "funcnet.checkpoint"
+VERSION = 1
+RECORD_NAME = "%funcnet"
+ROOT_NAME = "%root"
+
+__all__ = ["CheckpointError", "CheckpointMismatchError", "save", "restore", "read_metadata",
+           "latest", "save_step", "atomic_write", "step_path"]
+
+
+class CheckpointError(FuncnetError):
+    """A checkpoint file cannot be written or read: corrupt, truncated, foreign, unsupported."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's structure differs from the `like` tree; `differences` lists each one."""
+
+    def __init__(self, path, differences: List[str]):
+        self.path = str(path)
+        self.differences = list(differences)
+        listing = "\n  ".join(self.differences)
+        super().__init__(f"{path}: checkpoint does not match `like` "
+                         f"({len(self.differences)} difference(s)):\n  {listing}")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def atomic_write(path, write: Callable[[Any], None]) -> str:
+    """Write a file atomically: `write(fileobj)` into a temp file beside `path`, then rename.
+
+    The temp file lives in the target's directory (so `os.replace` is a same-filesystem
+    rename), is flushed and fsync'ed before the rename, and the directory is fsync'ed after
+    it, so after a crash `path` holds either the old or the new content, never a mix. On
+    any error the temp file is removed and the error re-raised; `path` is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def _fsync_dir(directory: str):
+    """Persist a rename: fsync the directory entry (not possible on Windows; skipped there)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def _is_namedtuple(x) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _is_prng_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _type_name(x) -> str:
+    t = type(x)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _escape(key: str) -> str:
+    return urllib.parse.quote(key, safe="") or "%"
+
+
+def _join(prefix: str, part: str) -> str:
+    return f"{prefix}/{part}" if prefix else part
+
+
+def _shown(path: str) -> str:
+    return path or "<root>"
+
+
+_SCALAR_TYPES = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64),
+                 "complex": (complex, np.complex128)}
+
+
+def _is_py_scalar(x) -> bool:
+    return isinstance(x, (bool, int, float, complex)) and not isinstance(x, np.generic)
+
+
+def _scalar_kind(x) -> str:
+    """"bool", "int", "float" or "complex" for a Python scalar (bool before int: it is one)."""
+    return next(k for k, (t, _) in _SCALAR_TYPES.items() if isinstance(x, t))
+
+
+def _contiguous(arr: np.ndarray) -> np.ndarray:
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
+def _savable_array(arr: np.ndarray, path: str) -> Tuple[np.ndarray, str]:
+    """The array to write for a leaf and its dtype's name (a view for exotic dtypes)."""
+    dtype = arr.dtype
+    if dtype.kind == "O":
+        raise CheckpointError(f"leaf {_shown(path)!r} is an object array; checkpoints hold "
+                              "numeric arrays only (no pickle)")
+    if dtype.kind in "biufcmMSU" and dtype.fields is None:
+        return _contiguous(arr), dtype.str
+    if dtype.kind == "V" and dtype.fields is None and dtype.itemsize in (1, 2, 4, 8):
+        # ml_dtypes (bfloat16, float8_*, int4 ...): a .npy header cannot name them.
+        as_uint = np.dtype(f"u{dtype.itemsize}")
+        return _contiguous(arr).view(as_uint), dtype.name
+    raise CheckpointError(f"leaf {_shown(path)!r} has dtype {dtype} that a checkpoint cannot hold")
+
+
+def _encode(tree) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """(JSON structure record, {array name: array}) for a pytree; raises on unsupported leaves."""
+    arrays: Dict[str, np.ndarray] = {}
+
+    def leaf_name(path):
+        return path if path else ROOT_NAME
+
+    def walk(x, path):
+        if x is None:
+            return {"kind": "none"}
+        if isinstance(x, dict):
+            keys = list(x.keys())
+            bad = [k for k in keys if not isinstance(k, str)]
+            if bad:
+                raise CheckpointError(f"dict at {_shown(path)!r} has non-string key {bad[0]!r}; "
+                                      "checkpoint dict keys must be strings")
+            return {"kind": "dict", "keys": keys,
+                    "children": [walk(x[k], _join(path, _escape(k))) for k in keys]}
+        if _is_namedtuple(x):
+            fields = list(type(x)._fields)
+            return {"kind": "namedtuple", "type": _type_name(x), "fields": fields,
+                    "children": [walk(v, _join(path, _escape(f))) for f, v in zip(fields, x)]}
+        if isinstance(x, (tuple, list)):
+            return {"kind": "tuple" if isinstance(x, tuple) else "list",
+                    "children": [walk(v, _join(path, str(i))) for i, v in enumerate(x)]}
+        if isinstance(x, str):
+            return {"kind": "str", "value": x}
+        if _is_py_scalar(x):
+            kind = _scalar_kind(x)
+            try:
+                arr = np.asarray(x, dtype=_SCALAR_TYPES[kind][1])
+            except OverflowError:
+                raise CheckpointError(f"leaf {_shown(path)!r}: int {x} does not fit in int64") from None
+            name = leaf_name(path)
+            arrays[name] = arr
+            return {"kind": "scalar", "type": kind, "name": name}
+        if _is_prng_key(x):
+            data = np.asarray(jax.random.key_data(x))
+            name = leaf_name(path)
+            arrays[name] = data
+            return {"kind": "prng_key", "impl": str(jax.random.key_impl(x)), "name": name,
+                    "shape": list(x.shape), "dtype": data.dtype.str}
+        if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+            arr, dtype = _savable_array(np.asarray(x), path)
+            name = leaf_name(path)
+            arrays[name] = arr
+            return {"kind": "array", "name": name, "dtype": dtype, "shape": list(arr.shape)}
+        # Any other registered pytree node (e.g. a flax struct): record its children by index.
+        children, treedef = jax.tree_util.tree_flatten(x, is_leaf=lambda c: c is not x)
+        if treedef.num_leaves == 1 and len(children) == 1 and children[0] is x:
+            raise CheckpointError(f"leaf {_shown(path)!r} is a {type(x).__name__}, which a "
+                                  "checkpoint cannot hold (arrays, scalars, str, None, dicts, "
+                                  "tuples, lists, NamedTuples and PRNG keys can)")
+        return {"kind": "pytree", "type": _type_name(x),
+                "children": [walk(c, _join(path, str(i))) for i, c in enumerate(children)]}
+
+    return walk(tree, ""), arrays
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
+def save(path, tree, *, metadata: Optional[dict] = None) -> str:
+    """Save a pytree to `path` (an uncompressed .npz + JSON record), atomically; returns path.
+
+    `tree` may nest dicts with str keys, tuples, lists, NamedTuples (e.g. optax states, a
+    TrainState), None, NumPy/JAX arrays, Python scalars, strings and JAX PRNG keys (raw
+    uint32 or typed). `metadata` is any JSON-serializable dict, read back by
+    `read_metadata`. The file name is used as given (no ".npz" is appended). Unsupported
+    leaves raise `CheckpointError` before anything is written.
+    """
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CheckpointError(f"metadata must be a dict, got {type(metadata).__name__}")
+    structure, arrays = _encode(tree)
+    record = {"format": FORMAT, "version": VERSION, "tree": structure,
+              "metadata": metadata if metadata is not None else {}}
+    try:
+        text = json.dumps(record, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata is not JSON-serializable: {e}") from None
+
+    def write(f):
+        # What np.savez does, written out so that no name can clash with its own arguments.
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in list(arrays.items()) + [(RECORD_NAME, np.asarray(text))]:
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _open(path):
+    """(NpzFile, record) for a checkpoint, or a CheckpointError naming the file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a funcnet checkpoint: the file is corrupt, truncated "
+                              f"or not a .npz ({type(e).__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path}: not a funcnet checkpoint: a single .npy array, not a .npz")
+    try:
+        if RECORD_NAME not in npz.files:
+            raise CheckpointError(f"{path}: not a funcnet checkpoint: a .npz without the "
+                                  f"{RECORD_NAME!r} structure record (written by something else?)")
+        try:
+            text = npz[RECORD_NAME]
+            record = json.loads(str(text[()]))
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{path}: corrupt checkpoint: cannot read its structure record "
+                                  f"({type(e).__name__}: {e})") from None
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a funcnet checkpoint: its record has format "
+                                  f"{record.get('format') if isinstance(record, dict) else None!r}, "
+                                  f"expected {FORMAT!r}")
+        version = record.get("version")
+        if version != VERSION:
+            raise CheckpointError(f"{path}: checkpoint format version {version!r} is not "
+                                  f"supported (this funcnet reads version {VERSION})")
+        if not isinstance(record.get("tree"), dict):
+            raise CheckpointError(f"{path}: corrupt checkpoint: its record has no tree")
+    except BaseException:
+        npz.close()
+        raise
+    return npz, record
+
+
+_NODE_FIELDS = {  # what each kind of record node must hold, and the type of each entry
+    "none": {}, "dict": {"keys": list, "children": list}, "tuple": {"children": list},
+    "list": {"children": list}, "namedtuple": {"type": str, "fields": list, "children": list},
+    "pytree": {"type": str, "children": list}, "str": {"value": str},
+    "scalar": {"type": str, "name": str}, "array": {"name": str, "dtype": str, "shape": list},
+    "prng_key": {"name": str, "impl": str, "shape": list, "dtype": str},
+}
+
+
+def _check_node(node, path):
+    """Raise ValueError unless `node` is a well-formed record node."""
+    if not isinstance(node, dict) or node.get("kind") not in _NODE_FIELDS:
+        raise ValueError(f"unknown node {node!r:.80} at {_shown(path)!r}")
+    for field, typ in _NODE_FIELDS[node["kind"]].items():
+        if not isinstance(node.get(field), typ):
+            raise ValueError(f"{node['kind']} node at {_shown(path)!r} lacks a valid {field!r}")
+    names = node.get("keys", node.get("fields"))
+    if names is not None and (len(names) != len(node["children"])
+                              or not all(isinstance(k, str) for k in names)):
+        raise ValueError(f"{node['kind']} node at {_shown(path)!r} has bad keys or fields")
+    if "shape" in node and not all(isinstance(d, int) and d >= 0 for d in node["shape"]):
+        raise ValueError(f"bad shape {node['shape']!r} at {_shown(path)!r}")
+    if node["kind"] == "scalar" and node["type"] not in _SCALAR_TYPES:
+        raise ValueError(f"bad scalar type {node['type']!r} at {_shown(path)!r}")
+
+
+def _flat_record(node, path="", out=None):
+    """{path: node} for every node (containers and leaves) of a structure record, checking
+    each node's form on the way (ValueError on a malformed record)."""
+    out = {} if out is None else out
+    _check_node(node, path)
+    out[path] = node
+    kind = node["kind"]
+    if kind in ("dict", "namedtuple"):
+        for k, c in zip(node.get("keys", node.get("fields")), node["children"]):
+            _flat_record(c, _join(path, _escape(k)), out)
+    elif kind in ("tuple", "list", "pytree"):
+        for i, c in enumerate(node["children"]):
+            _flat_record(c, _join(path, str(i)), out)
+    return out
+
+
+def _describe(node) -> str:
+    kind = node.get("kind")
+    if kind == "array":
+        return f"array {_dtype_name(node['dtype'])}{tuple(node['shape'])}"
+    if kind == "prng_key":
+        return f"PRNG key<{node['impl']}>{tuple(node['shape'])}"
+    if kind == "scalar":
+        return f"Python {node['type']}"
+    if kind in ("namedtuple", "pytree"):
+        return f"{kind} {node['type'].rsplit('.', 1)[-1]}"
+    if kind == "dict":
+        return "dict"
+    return kind
+
+
+def _dtype_name(dtype_str: str) -> str:
+    try:
+        return np.dtype(dtype_str).name
+    except TypeError:
+        return str(dtype_str)
+
+
+class _Reader:
+    """Reads and checks the leaves of an open checkpoint."""
+
+    def __init__(self, path, npz):
+        self.path, self.npz = os.fspath(path), npz
+
+    def array(self, node, path) -> np.ndarray:
+        name = node.get("name")
+        if name not in self.npz.files:
+            raise CheckpointError(f"{self.path}: corrupt checkpoint: array {name!r} for "
+                                  f"{_shown(path)!r} is missing from the file")
+        try:
+            arr = self.npz[name]
+        except Exception as e:
+            raise CheckpointError(f"{self.path}: corrupt checkpoint: cannot read array {name!r} "
+                                  f"({type(e).__name__}: {e})") from None
+        kind = node["kind"]
+        if kind == "array":
+            want = self._dtype(node["dtype"], path)
+            if want != arr.dtype:  # an exotic dtype stored as unsigned ints
+                if arr.dtype.kind != "u" or arr.dtype.itemsize != want.itemsize:
+                    raise CheckpointError(f"{self.path}: corrupt checkpoint: {_shown(path)!r} "
+                                          f"recorded as {want} but stored as {arr.dtype}")
+                arr = arr.view(want)
+            if list(arr.shape) != list(node["shape"]):
+                raise CheckpointError(f"{self.path}: corrupt checkpoint: {_shown(path)!r} recorded "
+                                      f"with shape {tuple(node['shape'])} but stored with {arr.shape}")
+        return arr
+
+    def _dtype(self, name, path):
+        try:
+            return np.dtype(name)
+        except TypeError:
+            try:
+                return jnp.dtype(name)
+            except TypeError:
+                raise CheckpointError(f"{self.path}: {_shown(path)!r} has dtype {name!r} "
+                                      "that this installation does not know") from None
+
+    def key(self, node, path):
+        data = self.array(node, path)
+        try:
+            return jax.random.wrap_key_data(jnp.asarray(data), impl=node["impl"])
+        except Exception as e:
+            raise CheckpointError(f"{self.path}: cannot rebuild PRNG key {_shown(path)!r} with impl "
+                                  f"{node.get('impl')!r} ({type(e).__name__}: {e})") from None
+
+    def scalar(self, node, path):
+        arr = self.array(node, path)
+        typ = _SCALAR_TYPES.get(node.get("type"), (None,))[0]
+        if typ is None or arr.shape != ():
+            raise CheckpointError(f"{self.path}: corrupt checkpoint: bad scalar {_shown(path)!r}")
+        return typ(arr[()])
+
+
+_NAMEDTUPLES: Dict[Tuple[str, Tuple[str, ...]], type] = {}
+
+
+def _namedtuple_type(type_name: str, fields) -> type:
+    """A stand-in NamedTuple type with the recorded name and fields (nothing is imported)."""
+    key = (type_name, tuple(fields))
+    if key not in _NAMEDTUPLES:
+        short = re.sub(r"\W", "_", type_name.rsplit(".", 1)[-1]) or "Record"
+        if not short.isidentifier() or keyword.iskeyword(short):
+            short = "Record"
+        _NAMEDTUPLES[key] = collections.namedtuple(short, list(fields), rename=True)
+    return _NAMEDTUPLES[key]
+
+
+def _rebuild(reader: _Reader, node, path):
+    """The tree described by a (checked) record, without a `like` template."""
+    kind = node["kind"]
+    if kind == "none":
+        return None
+    if kind == "str":
+        return node["value"]
+    if kind == "dict":
+        return {k: _rebuild(reader, c, _join(path, _escape(k)))
+                for k, c in zip(node["keys"], node["children"])}
+    if kind == "namedtuple":
+        children = [_rebuild(reader, c, _join(path, _escape(f)))
+                    for f, c in zip(node["fields"], node["children"])]
+        return _namedtuple_type(node["type"], node["fields"])(*children)
+    if kind in ("tuple", "list", "pytree"):
+        children = [_rebuild(reader, c, _join(path, str(i))) for i, c in enumerate(node["children"])]
+        return children if kind == "list" else tuple(children)
+    if kind == "scalar":
+        return reader.scalar(node, path)
+    if kind == "prng_key":
+        return reader.key(node, path)
+    return reader.array(node, path)
+
+
+def _like_nodes(like, path="", out=None):
+    """{path: (description-node, like-subtree)} for `like`, in the record's vocabulary."""
+    out = {} if out is None else out
+    x = like
+    if x is None:
+        out[path] = ({"kind": "none"}, x)
+    elif isinstance(x, dict):
+        out[path] = ({"kind": "dict"}, x)
+        for k, v in x.items():
+            _like_nodes(v, _join(path, _escape(str(k))), out)
+    elif _is_namedtuple(x):
+        out[path] = ({"kind": "namedtuple", "type": _type_name(x)}, x)
+        for f, v in zip(type(x)._fields, x):
+            _like_nodes(v, _join(path, _escape(f)), out)
+    elif isinstance(x, (tuple, list)):
+        out[path] = ({"kind": "tuple" if isinstance(x, tuple) else "list"}, x)
+        for i, v in enumerate(x):
+            _like_nodes(v, _join(path, str(i)), out)
+    elif isinstance(x, str):
+        out[path] = ({"kind": "str"}, x)
+    elif _is_py_scalar(x):
+        out[path] = ({"kind": "scalar", "type": _scalar_kind(x)}, x)
+    elif _is_prng_key(x):
+        out[path] = ({"kind": "prng_key", "impl": str(jax.random.key_impl(x)),
+                      "shape": list(x.shape)}, x)
+    elif isinstance(x, jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        # An abstract key (e.g. from jax.eval_shape); its impl name is only on a private field.
+        impl = getattr(getattr(x.dtype, "_impl", None), "name", None)
+        out[path] = ({"kind": "prng_key", "impl": impl, "shape": list(x.shape)}, x)
+    elif isinstance(x, (np.ndarray, np.generic, jax.Array, jax.ShapeDtypeStruct)):
+        dtype = np.dtype(x.dtype)
+        out[path] = ({"kind": "array", "dtype": dtype.name, "shape": list(np.shape(x)),
+                      "_dtype": dtype}, x)
+    else:
+        children, treedef = jax.tree_util.tree_flatten(x, is_leaf=lambda c: c is not x)
+        if len(children) == 1 and children[0] is x:
+            raise CheckpointError(f"`like` leaf {_shown(path)!r} is a {type(x).__name__}, which a "
+                                  "checkpoint cannot hold")
+        out[path] = ({"kind": "pytree", "type": _type_name(x)}, x)
+        for i, c in enumerate(children):
+            _like_nodes(c, _join(path, str(i)), out)
+    return out
+
+
+def _differences(reader: _Reader, saved: Dict[str, dict], wanted: Dict[str, tuple]) -> List[str]:
+    """Every difference, reported at the topmost path where it starts (no per-leaf noise)."""
+    missing, extra = set(wanted) - set(saved), set(saved) - set(wanted)
+    differing = {p for p in set(saved) & set(wanted) if not _compatible(reader, saved[p], wanted[p][0])}
+
+    def below(path, paths):
+        parts = path.split("/") if path else []
+        ancestors = [""] + ["/".join(parts[:i]) for i in range(1, len(parts))]
+        return any(a in paths for a in ancestors if a != path)
+
+    diffs = []
+    for path in sorted(missing):
+        if not below(path, missing | differing):
+            diffs.append(f"missing in checkpoint: {_shown(path)} ({_describe(wanted[path][0])})")
+    for path in sorted(extra):
+        if not below(path, extra | differing):
+            diffs.append(f"extra in checkpoint: {_shown(path)} ({_describe(saved[path])})")
+    for path in sorted(differing):
+        if not below(path, differing):
+            diffs.append(f"differs at {_shown(path)}: checkpoint has {_describe(saved[path])}, "
+                         f"like has {_describe(wanted[path][0])}")
+    return diffs
+
+
+def _compatible(reader, node, want) -> bool:
+    kind, wkind = node.get("kind"), want["kind"]
+    if wkind == "scalar":
+        # Python scalars are weakly typed: a 0-d array of the same kind also restores.
+        if kind == "scalar":
+            return node["type"] == want["type"]
+        if kind == "array":
+            return node["shape"] == []
+        return False
+    if kind != wkind:
+        return False
+    if kind in ("namedtuple", "pytree"):
+        return node["type"].rsplit(".", 1)[-1] == want["type"].rsplit(".", 1)[-1]
+    if kind == "prng_key":
+        return want["impl"] in (None, node["impl"]) and node["shape"] == want["shape"]
+    if kind == "array":
+        try:
+            saved_dtype = reader._dtype(node["dtype"], "")
+        except CheckpointError:
+            return False
+        return saved_dtype == want["_dtype"] and node["shape"] == want["shape"]
+    return True
+
+
+def _place(value: np.ndarray, like_leaf):
+    """A restored leaf in the array type (and sharding) of the `like` leaf."""
+    if isinstance(like_leaf, (np.ndarray, np.generic)):
+        return value if isinstance(like_leaf, np.ndarray) else value[()]
+    sharding = getattr(like_leaf, "sharding", None)
+    if sharding is not None:
+        try:
+            return jax.device_put(value, sharding)
+        except Exception:  # a sharding this process cannot place on: default device
+            pass
+    return jnp.asarray(value, dtype=value.dtype)
+
+
+def _restore_like(reader: _Reader, saved: Dict[str, dict], like, path=""):
+    x = like
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        d = {k: _restore_like(reader, saved, v, _join(path, _escape(str(k)))) for k, v in x.items()}
+        if type(x) is not dict:
+            try:
+                return type(x)(d)
+            except TypeError:  # e.g. a defaultdict, whose first argument is its factory
+                pass
+        return d
+    if _is_namedtuple(x):
+        return type(x)(*[_restore_like(reader, saved, v, _join(path, _escape(f)))
+                         for f, v in zip(type(x)._fields, x)])
+    if isinstance(x, (tuple, list)):
+        children = [_restore_like(reader, saved, v, _join(path, str(i))) for i, v in enumerate(x)]
+        return type(x)(children)
+    node = saved[path]
+    if isinstance(x, str):
+        return str(node["value"])
+    if _is_py_scalar(x):
+        value = reader.array(node, path) if node["kind"] == "array" else reader.scalar(node, path)
+        return type(x)(np.asarray(value)[()])
+    if _is_prng_key(x) or node["kind"] == "prng_key":
+        key = reader.key(node, path)
+        sharding = getattr(x, "sharding", None)
+        return jax.device_put(key, sharding) if sharding is not None else key
+    if isinstance(x, (np.ndarray, np.generic, jax.Array, jax.ShapeDtypeStruct)):
+        return _place(reader.array(node, path), x)
+    children, treedef = jax.tree_util.tree_flatten(x, is_leaf=lambda c: c is not x)
+    return treedef.unflatten([_restore_like(reader, saved, c, _join(path, str(i)))
+                              for i, c in enumerate(children)])
+
+
+def restore(path, like=None):
+    """Read a checkpoint written by `save`.
+
+    Without `like`: dicts, tuples, lists, None and strings as saved; NamedTuples as
+    stand-in `collections.namedtuple`s with the same type name and fields; arrays as NumPy
+    arrays of the exact saved dtype; Python scalars as Python scalars; typed PRNG keys as
+    JAX key arrays (raw uint32 keys are plain uint32 arrays, as saved).
+
+    With `like` (a tree of the expected structure, e.g. a freshly initialized TrainState):
+    returns a tree of exactly `like`'s structure and types; NumPy leaves come back as
+    NumPy, JAX arrays / ShapeDtypeStructs as JAX arrays (with `like`'s sharding when it has
+    one). Paths, container kinds, NamedTuple type names, shapes, dtypes and PRNG impls must
+    agree, else `CheckpointMismatchError` lists every difference (missing and extra paths,
+    shape and dtype mismatches). A corrupt, truncated or foreign file is a `CheckpointError`
+    naming the file. Nothing is ever unpickled.
+    """
+    npz, record = _open(path)
+    with npz:
+        reader = _Reader(path, npz)
+        try:
+            saved = _flat_record(record["tree"])
+        except (ValueError, RecursionError) as e:
+            raise CheckpointError(f"{path}: corrupt checkpoint record: {e}") from None
+        if like is None:
+            return _rebuild(reader, record["tree"], "")
+        wanted = _like_nodes(like)
+        diffs = _differences(reader, saved, wanted)
+        if diffs:
+            raise CheckpointMismatchError(path, diffs)
+        return _restore_like(reader, saved, like)
+
+
+def read_metadata(path) -> dict:
+    """The `metadata` dict saved with a checkpoint (without reading its arrays)."""
+    npz, record = _open(path)
+    npz.close()
+    metadata = record.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint: its metadata is not a dict")
+    return metadata
+
+
+# ----------------------------------------------------------------------------- step files
+
+def step_path(directory, step: int, prefix: str = "ckpt_") -> str:
+    """The file a step's checkpoint is written to: `{directory}/{prefix}{step:08d}.npz`."""
+    return os.path.join(os.fspath(directory), f"{prefix}{_step_int(step):08d}.npz")
+
+
+def _step_int(step) -> int:
+    try:
+        value = operator.index(step)  # ints, NumPy and 0-d JAX integers; not 1.5 or "3"
+    except TypeError:
+        value = None
+    if value is None or isinstance(step, bool) or value < 0:
+        raise CheckpointError(f"step must be a non-negative integer, got {step!r}")
+    return value
+
+
+def _step_files(directory, prefix) -> List[Tuple[int, str]]:
+    """(step, path) of every `{prefix}<digits>.npz` in `directory`, sorted by step."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.npz$")
+    found = []
+    for name in os.listdir(directory):
+        m = pattern.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def latest(directory, prefix: str = "ckpt_") -> Optional[str]:
+    """The path of the newest checkpoint in `directory` by the step number in its name
+    (`{prefix}<digits>.npz`, e.g. ckpt_00000120.npz), or None when there is none.
+    Temporary files of interrupted saves never match."""
+    found = _step_files(directory, prefix)
+    return found[-1][1] if found else None
+
+
+def save_step(directory, step: int, tree, *, metadata: Optional[dict] = None,
+              keep: Optional[int] = 3, prefix: str = "ckpt_") -> str:
+    """Atomically write `{directory}/{prefix}{step:08d}.npz`, then prune old ones.
+
+    `metadata` gets `"step": step` added unless it has a "step" already. After the new file
+    is safely in place, checkpoints beyond the newest `keep` (by step number) are removed;
+    the one just written is never removed. `keep=None` keeps everything. Temp files that a
+    process killed mid-save left behind (".{prefix}<step>.npz.*.tmp") are removed too.
+    Returns the path.
+    """
+    step = _step_int(step)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise CheckpointError(f"keep must be a positive int or None, got {keep!r}")
+    os.makedirs(os.fspath(directory), exist_ok=True)
+    metadata = dict(metadata or {})
+    metadata.setdefault("step", step)
+    path = save(step_path(directory, step, prefix), tree, metadata=metadata)
+    old = [p for _, p in _step_files(directory, prefix)[:-keep] if p != path] if keep else []
+    # Temp files left by a process killed mid-save (they never count as checkpoints).
+    stale = re.compile(rf"^\.{re.escape(prefix)}\d+\.npz\..+\.tmp$")
+    old += [os.path.join(os.fspath(directory), n) for n in os.listdir(directory) if stale.match(n)]
+    for p in old:
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+    if old:
+        _fsync_dir(os.path.abspath(os.fspath(directory)))
+    return path
