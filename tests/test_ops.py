@@ -1,0 +1,230 @@
+"""ops: correlate / convolve in "valid" and "full" mode, rot180, dilate, downsample,
+upsample — on 2-D matrices (as in the notes) and on NHWC batches, against loops."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import funcnet as fn
+from funcnet import ops
+
+POOL = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1 << 14,)), np.float64)
+
+
+def normal(seed, shape):
+    size = math.prod(shape)
+    start = seed % (POOL.size - size)
+    return POOL[start:start + size].reshape(shape)
+
+
+def full_convolution(x, k):
+    """True 2-D convolution by its definition: every kernel entry adds a shifted, scaled
+    copy of x, y[i + a, j + b] += k[a, b] x[i, j]  (the 2-D np.convolve)."""
+    (h, w), (kh, kw) = x.shape, k.shape
+    out = np.zeros((h + kh - 1, w + kw - 1))
+    for a in range(kh):
+        for b in range(kw):
+            out[a:a + h, b:b + w] += k[a, b] * x
+    return out
+
+
+def valid_correlation(x, k):
+    """cs231n-style loop: y[i, j] = Σ_ab x[i + a, j + b] k[a, b]."""
+    (h, w), (kh, kw) = x.shape, k.shape
+    out = np.zeros((h - kh + 1, w - kw + 1))
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = np.sum(x[i:i + kh, j:j + kw] * k)
+    return out
+
+
+# A few shapes (each new shape costs compilations); the values vary with the seed.
+x_shapes = st.sampled_from([(1, 1), (3, 4), (5, 5), (2, 6), (6, 3)])
+k_shapes = st.sampled_from([(1, 1), (2, 3), (3, 3), (4, 2)])
+
+
+@given(seed=st.integers(0, 2**31 - 1), x_shape=x_shapes, k_shape=k_shapes)
+def test_2d_convolve_and_correlate_match_loops(seed, x_shape, k_shape):
+    (h, w), (kh, kw) = x_shape, k_shape
+    x, k = normal(seed, (h, w)), normal(seed + 1, (kh, kw))
+    with jax.enable_x64(True):
+        X, K = jnp.asarray(x), jnp.asarray(k)
+        full = full_convolution(x, k)
+        np.testing.assert_allclose(np.asarray(ops.convolve(X, K, "full")), full, rtol=1e-12, atol=1e-12)
+        # correlation is convolution with the kernel turned half a circle
+        np.testing.assert_allclose(np.asarray(ops.correlate(X, K, "full")),
+                                   full_convolution(x, k[::-1, ::-1]), rtol=1e-12, atol=1e-12)
+        if h >= kh and w >= kw:
+            # "valid" is the central part of "full", where the kernel lies wholly inside x
+            valid = full[kh - 1:h, kw - 1:w]
+            np.testing.assert_allclose(np.asarray(ops.convolve(X, K, "valid")), valid,
+                                       rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(ops.correlate(X, K)), valid_correlation(x, k),
+                                       rtol=1e-12, atol=1e-12)
+            assert ops.correlate(X, K).shape == (h - kh + 1, w - kw + 1)
+        assert ops.convolve(X, K, "full").shape == (h + kh - 1, w + kw - 1)
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.sampled_from([1, 3, 6]), k=st.sampled_from([1, 2, 4]))
+def test_one_row_matrices_agree_with_numpy_convolve_and_correlate(seed, n, k):
+    x, w = normal(seed, (n,)), normal(seed + 1, (k,))
+    with jax.enable_x64(True):
+        X, W = jnp.asarray(x[None]), jnp.asarray(w[None])
+        np.testing.assert_allclose(np.asarray(ops.convolve(X, W, "full"))[0], np.convolve(x, w, "full"),
+                                   rtol=1e-12, atol=1e-12)
+        if n >= k:
+            np.testing.assert_allclose(np.asarray(ops.convolve(X, W, "valid"))[0],
+                                       np.convolve(x, w, "valid"), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(ops.correlate(X, W, "valid"))[0],
+                                       np.correlate(x, w, "valid"), rtol=1e-12, atol=1e-12)
+
+
+def test_nhwc_correlate_sums_over_input_channels_per_output_channel():
+    x, w = normal(1, (2, 5, 4, 3)), normal(2, (3, 2, 3, 2))
+    with jax.enable_x64(True):
+        for mode in ("valid", "full"):
+            y = np.asarray(ops.correlate(jnp.asarray(x), jnp.asarray(w), mode))
+            c = np.asarray(ops.convolve(jnp.asarray(x), jnp.asarray(w), mode))
+            for n in range(2):
+                for o in range(2):
+                    ref_corr = sum(full_convolution(x[n, :, :, i], w[::-1, ::-1, i, o]) for i in range(3))
+                    ref_conv = sum(full_convolution(x[n, :, :, i], w[:, :, i, o]) for i in range(3))
+                    if mode == "valid":
+                        ref_corr, ref_conv = ref_corr[2:5, 1:4], ref_conv[2:5, 1:4]
+                    np.testing.assert_allclose(y[n, :, :, o], ref_corr, rtol=1e-12, atol=1e-12)
+                    np.testing.assert_allclose(c[n, :, :, o], ref_conv, rtol=1e-12, atol=1e-12)
+        assert y.shape == (2, 7, 5, 2)
+
+
+def test_correlate_with_stride_and_explicit_padding():
+    x, k = normal(3, (6, 7)), normal(4, (3, 2))
+    with jax.enable_x64(True):
+        y = np.asarray(ops.correlate(jnp.asarray(x), jnp.asarray(k), stride=(2, 3),
+                                     padding=((1, 0), (0, 2))))
+    xp = np.pad(x, ((1, 0), (0, 2)))
+    np.testing.assert_allclose(y, valid_correlation(xp, k)[::2, ::3], rtol=1e-12, atol=1e-12)
+
+
+def test_rot180_flips_both_spatial_axes_only():
+    m = jnp.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(np.asarray(ops.rot180(m)), [[5, 4, 3], [2, 1, 0]])
+    w = jnp.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
+    r = np.asarray(ops.rot180(w))
+    np.testing.assert_array_equal(r[0, 0], np.asarray(w[1, 2]))  # channels untouched
+    np.testing.assert_array_equal(np.asarray(ops.rot180(ops.rot180(w))), np.asarray(w))
+
+
+@pytest.mark.parametrize("h, w, stride", [(2, 3, 2), (3, 2, (2, 3)), (1, 4, 3), (3, 3, 1), (4, 1, (1, 2))])
+def test_dilate_inserts_stride_minus_one_zeros(h, w, stride):
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    x = np.arange(1.0, h * w + 1).reshape(h, w)
+    d = np.asarray(ops.dilate(jnp.asarray(x), stride))
+    expected = np.zeros(((h - 1) * sh + 1, (w - 1) * sw + 1))
+    expected[::sh, ::sw] = x
+    np.testing.assert_array_equal(d, expected)
+    xb = np.stack([x, -x], -1)[None]  # NHWC with two channels
+    db = np.asarray(ops.dilate(jnp.asarray(xb), stride))
+    np.testing.assert_array_equal(db[0, :, :, 0], expected)
+    np.testing.assert_array_equal(db[0, :, :, 1], -expected)
+
+
+def test_dilate_hand_example():
+    d = ops.dilate(jnp.array([[1.0, 2.0], [3.0, 4.0]]), 2)
+    np.testing.assert_array_equal(np.asarray(d), [[1, 0, 2], [0, 0, 0], [3, 0, 4]])
+
+
+def downsample_reference(x, p, kind, edge):
+    h, w = x.shape
+    if edge == "pad":  # zero-fill the edge to a multiple of the window (the notes' mode)
+        x = np.pad(x, ((0, -h % p[0]), (0, -w % p[1])))
+    ho, wo = x.shape[0] // p[0], x.shape[1] // p[1]  # "ignore": the ragged edge is dropped
+    f = np.max if kind == "max" else np.mean
+    return np.array([[f(x[i * p[0]:(i + 1) * p[0], j * p[1]:(j + 1) * p[1]]) for j in range(wo)]
+                     for i in range(ho)]).reshape(ho, wo)
+
+
+DOWNSAMPLE = jax.jit(ops.downsample, static_argnums=(1, 2, 3))  # one compile per case
+
+
+@given(seed=st.integers(0, 2**31 - 1), hw=st.sampled_from([(4, 5), (6, 6), (7, 3)]),
+       window=st.sampled_from([2, (2, 3), 3, (1, 2)]),
+       kind=st.sampled_from(["max", "mean"]), edge=st.sampled_from(["ignore", "pad"]))
+def test_downsample_matches_loops_on_matrices_and_nhwc(seed, hw, window, kind, edge):
+    h, w = hw
+    p = (window, window) if isinstance(window, int) else window
+    if edge == "ignore" and (h < p[0] or w < p[1]):
+        return  # no whole window fits; covered by the layers' "larger than its input" errors
+    x = normal(seed, (h, w))
+    with jax.enable_x64(True):
+        y = np.asarray(DOWNSAMPLE(jnp.asarray(x), window, kind, edge))
+        expected = downsample_reference(x, p, kind, edge)
+        np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+        xb = np.stack([x, 2 * x], -1)[None]
+        yb = np.asarray(DOWNSAMPLE(jnp.asarray(xb), window, kind, edge))
+        np.testing.assert_allclose(yb[0, :, :, 0], expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(yb[0, :, :, 1], downsample_reference(2 * x, p, kind, edge),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_downsample_edge_modes_on_a_hand_example():
+    x = jnp.arange(1.0, 10.0).reshape(3, 3)
+    np.testing.assert_array_equal(np.asarray(ops.downsample(x, 2, "max", "ignore")), [[5.0]])
+    np.testing.assert_array_equal(np.asarray(ops.downsample(x, 2, "max", "pad")), [[5, 6], [8, 9]])
+    np.testing.assert_allclose(np.asarray(ops.downsample(x, 2, "mean", "pad")),
+                               [[3.0, 9 / 4], [15 / 4, 9 / 4]])
+
+
+UPSAMPLE = jax.jit(ops.upsample, static_argnums=(1, 2))
+
+
+@given(seed=st.integers(0, 2**31 - 1), h=st.sampled_from([1, 3]), w=st.sampled_from([2, 3]),
+       window=st.sampled_from([(1, 1), (2, 2), (2, 3), (3, 1)]))
+def test_upsample_is_the_kronecker_product_with_ones(seed, h, w, window):
+    d = normal(seed, (h, w))
+    with jax.enable_x64(True):
+        up = np.asarray(UPSAMPLE(jnp.asarray(d), window))
+        kron = np.kron(d, np.ones(window))
+        np.testing.assert_array_equal(up, kron)
+        db = np.stack([d, -d], -1)[None]
+        upb = np.asarray(UPSAMPLE(jnp.asarray(db), window))
+        np.testing.assert_array_equal(upb[0, :, :, 1], -kron)
+        # to a given shape: cropped, or zero-filled past the windows (a ragged edge)
+        H, W = h * window[0] + 1, max(1, w * window[1] - 1)
+        shaped = np.asarray(UPSAMPLE(jnp.asarray(d), window, (H, W)))
+        expected = np.zeros((H, W))
+        expected[:h * window[0], :] = kron[:, :W]
+        np.testing.assert_array_equal(shaped, expected)
+
+
+def test_upsample_of_mean_pool_gradient_hand_example():
+    dy = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(np.asarray(ops.upsample(dy / 4, 2)),
+                                  np.kron([[1.0, 2.0], [3.0, 4.0]], np.ones((2, 2))) / 4)
+
+
+def test_windows_and_scatter_windows_are_transposes():
+    """⟨scatter(c), x⟩ = ⟨c, windows(x)⟩ for overlapping, padded windows."""
+    x, c = normal(5, (2, 5, 6, 3)), normal(6, (2, 3, 3, 3, 6))
+    pads = ((1, 0), (0, 1))
+    with jax.enable_x64(True):
+        cells = ops.windows(jnp.asarray(x), (2, 3), (2, 2), pads)
+        assert cells.shape == (2, 3, 3, 3, 6)
+        back = ops.scatter_windows(jnp.asarray(c), (2, 3), (2, 2), (5, 6), pads)
+        assert back.shape == x.shape
+        assert float(jnp.sum(back * x)) == pytest.approx(float(jnp.sum(cells * c)), rel=1e-12)
+        xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+        np.testing.assert_array_equal(np.asarray(cells[:, 1, 2, :, 4]), xp[:, 2 + 1, 4 + 1, :])
+
+
+def test_ops_errors_are_clear():
+    with pytest.raises(fn.LayerError, match="mode must be 'valid' or 'full', got 'same'"):
+        ops.correlate(jnp.ones((3, 3)), jnp.ones((2, 2)), "same")
+    with pytest.raises(fn.LayerError, match="kind must be 'max' or 'mean', got 'min'"):
+        ops.downsample(jnp.ones((4, 4)), 2, "min")
+    with pytest.raises(fn.LayerError, match="edge must be 'ignore' or 'pad', got 'keep'"):
+        ops.downsample(jnp.ones((4, 4)), 2, "max", "keep")
+    with pytest.raises(fn.LayerError, match=r"2-D matrix or an NHWC batch, got shape \(2, 3, 3\)"):
+        ops.correlate(jnp.ones((2, 3, 3)), jnp.ones((2, 2)))
