@@ -1,10 +1,13 @@
 """Numerical gradients and the three-way gradient check (autodiff, formulas, differences).
 
 Finite differences are vectorized: the ± perturbations of many coordinates are evaluated
-at once, `jax.vmap`-ed and jit-compiled, in fixed-size chunks (one compilation).
+at once, `jax.vmap`-ed in fixed-size chunks and jit-compiled, a whole block of leaves per
+device call.
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -30,56 +33,123 @@ def rel_error(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
 
 
-def _perturbed_differences(f, flat, unravel, eps, chunk):
-    """g(idx) = (f(x + eps e_i) − f(x − eps e_i)) / 2eps for a chunk of coordinates i."""
+def _blocks(leaves, chunk):
+    """Group leaf indices: consecutive small leaves of one dtype share a block (one
+    compilation); a leaf of more than `chunk` coordinates gets a block of its own, so
+    that whatever does not depend on it (a network's earlier layers) is not batched
+    by vmap and is computed once per chunk, not once per perturbation."""
+    blocks, current, size = [], [], 0
+    for j, leaf in enumerate(leaves):
+        if leaf.size == 0:
+            continue
+        fits = current and size + leaf.size <= chunk and leaves[current[0]].dtype == leaf.dtype
+        if current and not fits:
+            blocks.append(current)
+            current, size = [], 0
+        current.append(j)
+        size += leaf.size
+    return blocks + ([current] if current else [])
 
-    def one(flat, i):
-        plus = f(unravel(flat.at[i].add(eps)))
-        minus = f(unravel(flat.at[i].add(-eps)))
+
+@functools.lru_cache(maxsize=64)
+def _block_differences(f, treedef, shapes, block, eps):
+    """A jit-compiled g(leaves, flat, idx, args) -> centred differences for the coordinates
+    idx (n_chunks, chunk) of the block's leaves raveled into `flat`: lax.map over chunks,
+    jax.vmap within one, so the whole block runs in one device call. Cached per function,
+    so calling numerical_grad again with the same f (and new `args`) does not recompile."""
+    block_shapes = [shapes[j] for j in block]
+    splits = np.cumsum([math.prod(shape) for shape in block_shapes])[:-1]
+
+    def evaluate(all_leaves, flat, args):
+        tree = list(all_leaves)
+        for j, part, shape in zip(block, jnp.split(flat, splits), block_shapes):
+            tree[j] = part.reshape(shape)
+        return f(jax.tree_util.tree_unflatten(treedef, tree), *args)
+
+    def one(all_leaves, flat, i, args):
+        # ε·eᵢ as a masked vector, not flat.at[i].add: XLA fuses it into its consumer
+        # (about 2.5x faster on CPU than a batched scatter).
+        step = jnp.where(jnp.arange(flat.size) == i, jnp.asarray(eps, flat.dtype), 0)
+        plus = evaluate(all_leaves, flat + step, args)
+        minus = evaluate(all_leaves, flat - step, args)
         return (plus - minus) / (2 * eps)
 
-    return jax.jit(jax.vmap(one, in_axes=(None, 0)))
+    def run(all_leaves, flat, idx, args):
+        in_chunk = jax.vmap(one, in_axes=(None, None, 0, None))
+        return jax.lax.map(lambda part: in_chunk(all_leaves, flat, part, args), idx)
+
+    return jax.jit(run)
 
 
-def numerical_grad(f, x, eps=1e-5, *, samples: Optional[int] = None, key=None, chunk: int = 256):
-    """Centred differences (f(x + ε eᵢ) − f(x − ε eᵢ)) / 2ε of a scalar function of a pytree.
+def numerical_grad(f, x, eps=1e-5, *, args=(), samples: Optional[int] = None, key=None,
+                   chunk: int = 256):
+    """Centred differences (f(x + ε eᵢ) − f(x − ε eᵢ)) / 2ε of a scalar function of a pytree,
+    ∂f(x, *args)/∂x (like jax.grad(f)(x, *args): `args` are held fixed).
+
+    Vectorized: the 2·n perturbed evaluations run `jax.vmap`-ed in chunks of `chunk`
+    coordinates, all chunks of a leaf in one jit-compiled call (`lax.map`). Small leaves are
+    perturbed together (one compilation); each big leaf on its own, so vmap batches only
+    what depends on it: for a network, the layers before a perturbed weight are evaluated
+    once per chunk, not once per coordinate.
 
     `samples=k` differentiates only k random coordinates per leaf (drawn from `key`, as
     cs231n's sparse check) and returns NaN elsewhere; None does every coordinate.
-    The result has the structure, shapes and dtypes of x.
+    The result has the structure, shapes and dtypes of x. The compiled differences are
+    cached per `f`: passing data through `args` to one function object (rather than a new
+    closure per call) compiles once per shape.
     """
-    flat, unravel = ravel_pytree(x)
-    n = flat.size
+    args = tuple(args)
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    for leaf in leaves:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise FuncnetError(f"numerical_grad: every leaf of x must be floating point, got a "
+                               f"leaf of dtype {leaf.dtype} and shape {tuple(leaf.shape)}")
+    value = jax.eval_shape(f, jax.tree_util.tree_unflatten(treedef, leaves), *args)
+    if getattr(value, "shape", None) != ():
+        raise FuncnetError(f"numerical_grad: f must return a scalar, got "
+                           f"{getattr(value, 'shape', value)}")
     if samples is None:
-        idx = np.arange(n)
+        picked = [np.arange(leaf.size) for leaf in leaves]
     else:
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
+            raise FuncnetError(f"numerical_grad: samples must be a positive int or None, got "
+                               f"{samples!r}")
         key = jax.random.PRNGKey(0) if key is None else key
-        idx, offset = [], 0
-        for k, leaf in zip(jax.random.split(key, max(len(jax.tree_util.tree_leaves(x)), 1)),
-                           jax.tree_util.tree_leaves(x)):
-            size = int(np.size(leaf))
-            take = min(samples, size)
-            idx.append(offset + np.asarray(jax.random.choice(k, size, (take,), replace=False)))
-            offset += size
-        idx = np.concatenate(idx) if idx else np.zeros(0, int)
-    chunk = max(1, min(chunk, len(idx)))
-    diff = _perturbed_differences(f, flat, unravel, eps, chunk)
-    out = np.full(n, np.nan if samples is not None else 0.0, np.float64)
-    for start in range(0, len(idx), chunk):
-        part = idx[start:start + chunk]
-        padded = np.pad(part, (0, chunk - len(part)), mode="edge")  # one shape, one compile
-        out[part] = np.asarray(diff(flat, jnp.asarray(padded)))[:len(part)]
-    return unravel(jnp.asarray(out, flat.dtype))
+        keys = jax.random.split(key, max(len(leaves), 1))
+        picked = [np.sort(np.asarray(jax.random.choice(k, leaf.size, (min(samples, leaf.size),),
+                                                       replace=False)))
+                  for k, leaf in zip(keys, leaves)]
+    out = [np.full(leaf.size, np.nan if samples is not None else 0.0, np.float64) for leaf in leaves]
+    for block in _blocks(leaves, chunk):
+        offsets = np.cumsum([0] + [leaves[j].size for j in block])
+        idx = np.concatenate([picked[j] + o for j, o in zip(block, offsets)])
+        if idx.size == 0:
+            continue
+        width = min(chunk, idx.size)
+        n_chunks = -(-idx.size // width)
+        padded = np.pad(idx, (0, n_chunks * width - idx.size), mode="edge")  # one shape
+        flat = jnp.concatenate([leaves[j].ravel() for j in block])
+        shapes = tuple(tuple(leaf.shape) for leaf in leaves)
+        diffs = _block_differences(f, treedef, shapes, tuple(block), float(eps))(
+            leaves, flat, jnp.asarray(padded.reshape(n_chunks, width)), args)
+        diffs = np.asarray(diffs, np.float64).ravel()
+        start = 0
+        for j in block:
+            out[j][picked[j]] = diffs[start:start + picked[j].size]
+            start += picked[j].size
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(o.reshape(leaf.shape), leaf.dtype) for o, leaf in zip(out, leaves)])
 
 
-def directional_check(f, x, *, key, eps=1e-5):
-    """One random direction v: returns (finite difference (f(x+εv) − f(x−εv)) / 2ε,
+def directional_check(f, x, *, key, eps=1e-5, args=()):
+    """One random unit direction v: returns (finite difference (f(x+εv) − f(x−εv)) / 2ε,
     jax.jvp's exact directional derivative ⟨∇f, v⟩). Cheap for models of any size."""
     flat, unravel = ravel_pytree(x)
     v = jax.random.normal(key, flat.shape, flat.dtype)
     v = v / jnp.linalg.norm(v)
-    fd = (f(unravel(flat + eps * v)) - f(unravel(flat - eps * v))) / (2 * eps)
-    _, exact = jax.jvp(lambda t: f(unravel(t)), (flat,), (v,))
+    fd = (f(unravel(flat + eps * v), *args) - f(unravel(flat - eps * v), *args)) / (2 * eps)
+    _, exact = jax.jvp(lambda t: f(unravel(t), *args), (flat,), (v,))
     return float(fd), float(exact)
 
 
@@ -178,17 +248,21 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
         def objective(p, xx):
             return loss_fn(model.apply(p, state, xx, train=train, key=key)[0], labels)
 
-        value = float(objective(params, x))
-        auto_p, auto_x = jax.grad(objective, argnums=(0, 1))(params, x)
-        y, _, cache = model.forward(params, state, x, train=train, key=key)
-        man_p, man_x = model.backward(params, cache, dloss(y, labels))
+        @jax.jit  # compiled: much faster than op-by-op dispatch, even for one call
+        def exact(p, xx):
+            value, auto = jax.value_and_grad(objective, argnums=(0, 1))(p, xx)
+            y, _, cache = model.forward(p, state, xx, train=train, key=key)
+            return value, auto, model.backward(p, cache, dloss(y, labels))
+
+        value, (auto_p, auto_x), (man_p, man_x) = exact(params, x)
+        value = float(value)
         if jax.tree_util.tree_structure(man_p) != jax.tree_util.tree_structure(auto_p):
             raise FuncnetError(f"check_gradients: the model's backward returned parameter gradients "
                                f"of structure {jax.tree_util.tree_structure(man_p)}, but the "
                                f"params have {jax.tree_util.tree_structure(auto_p)}")
-        num_p = numerical_grad(lambda p: objective(p, x), params, eps, samples=samples, key=sample_key)
-        num_x = numerical_grad(lambda xx: objective(params, xx), x, eps, samples=samples,
-                               key=sample_key)
+        # One call for params and input together: small leaves share one compilation.
+        num_p, num_x = numerical_grad(lambda px: objective(*px), (params, x), eps,
+                                      samples=samples, key=sample_key)
         floor = 1e-6 * max(1.0, abs(value)) if atol is None else atol
         m_floor = floor * 1e-3  # manual and autodiff differ only by float64 round-off
         rows = []
