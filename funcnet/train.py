@@ -1,0 +1,656 @@
+"""Jit-compiled training with optax: TrainState, make_step, evaluate, fit.
+
+    opt = optax.adam(1e-3)
+    train_state, history = fn.train.fit(model, opt, (x, y), loss=fn.losses.softmax_cross_entropy,
+                                        epochs=10, batch_size=64, key=jax.random.PRNGKey(0),
+                                        val_data=(x_val, y_val))
+    fn.train.evaluate(model, train_state.params, train_state.state, x_test, y_test)
+
+One update (`make_step`) is the textbook mini-batch gradient step, with the optimizer as
+an optax transformation (Goodfellow et al., Deep Learning, algorithm 8.1):
+
+    g = ∇_θ [ L(f_θ(x_B), y_B) + ½ λ Σ w² ],   (u, s) = opt.update(g, s, θ),   θ ← θ + u
+
+where L averages over the batch B (batch gradient descent when B is the whole training
+set). Gradients are `jax.grad` of the model's `apply`; wrap the model in
+`fn.with_manual_grads` to train on the hand-derived backward formulas instead.
+
+Reproducibility: `fit(key=k)` splits k into (init, data, step) keys. Epoch e visits the
+examples in the order `batch_order(k, e, N)` = permutation(fold_in(data key, e), N), and
+each step splits the TrainState's key for its dropout masks, so a run is a pure function of
+its inputs: a run resumed from a checkpoint continues bit for bit as if never stopped.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import losses as losses_mod
+from . import parallel
+from .core import FuncnetError, LayerError, Layer
+
+__all__ = ["TrainState", "NonFiniteLossError", "History", "init_train_state", "make_step",
+           "evaluate", "fit", "batch_order"]
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step (a pytree).
+
+    params, state: the model's parameters and its state (batch-norm running statistics);
+    opt_state: the optax optimizer's state; step: the number of updates done (int32
+    scalar); key: the raw PRNG key (uint32[2]) the next step's dropout key is split from.
+    """
+
+    params: Any
+    state: Any
+    opt_state: Any
+    step: Any
+    key: Any
+
+
+class NonFiniteLossError(FuncnetError, FloatingPointError):
+    """The training loss became NaN or infinite; `step` is the update that produced it
+    (1-based), `checkpoint` the last good checkpoint's path (or None)."""
+
+    def __init__(self, message, *, step, epoch, loss, checkpoint=None):
+        super().__init__(message)
+        self.step, self.epoch, self.loss, self.checkpoint = step, epoch, loss, checkpoint
+
+
+_ALIASES = {"loss": "train_loss", "accuracy": "train_accuracy", "acc": "train_accuracy",
+            "train_acc": "train_accuracy", "val_acc": "val_accuracy"}
+
+
+class _Row(dict):
+    """One epoch's record; "loss" and "accuracy" read "train_loss" and "train_accuracy"."""
+
+    def __missing__(self, name):
+        if name in _ALIASES and _ALIASES[name] in self:
+            return self[_ALIASES[name]]
+        raise KeyError(name)
+
+
+class History(list):
+    """Per-epoch rows: {"epoch", "step", "train_loss", "train_accuracy", "val_loss",
+    "val_accuracy" (or "val_mse", "val_mae", "val_rmse" for regression), "seconds"}.
+
+    `history[i]` is epoch i+1's row; `history["val_loss"]` is that column as a list ("loss"
+    and "accuracy" name the training columns). train_loss and train_accuracy are the means
+    over the epoch's steps of each step's batch values (before its update). `step_losses` holds every step's training
+    loss of this call (not of the steps before a resume). A run stopped mid-epoch by the
+    `steps` budget ends with a row marked "partial": True.
+    """
+
+    def __init__(self, rows=()):
+        super().__init__(_Row(r) for r in rows)
+        self.step_losses = []
+
+    def __getitem__(self, item):
+        if isinstance(item, str):
+            name = _ALIASES.get(item, item)
+            if not any(name in row for row in self):
+                raise KeyError(f"history has no column {item!r}; it has {self.keys()}")
+            return [row.get(name) for row in self]
+        return super().__getitem__(item)
+
+    def keys(self):
+        seen = {}
+        for row in self:
+            seen.update(dict.fromkeys(row))
+        return list(seen)
+
+    def columns(self) -> dict:
+        """{column: [value per epoch]}."""
+        return {k: self[k] for k in self.keys()}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _raw_key(key, where):
+    """A raw uint32 PRNG key (typed keys are unwrapped), checked."""
+    if key is None:
+        raise FuncnetError(f"{where}: key is required, e.g. key=jax.random.PRNGKey(0)")
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    if key.dtype != jnp.uint32 or key.ndim != 1:
+        raise FuncnetError(f"{where}: key must be a PRNG key such as jax.random.PRNGKey(0), got an "
+                           f"array of dtype {key.dtype} and shape {tuple(key.shape)}")
+    return key
+
+
+def _check_optimizer(optimizer, where):
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise FuncnetError(f"{where}: optimizer must be an optax GradientTransformation (with init "
+                           f"and update), e.g. optax.sgd(0.1), got {optimizer!r}")
+
+
+def _task(loss, y_dtype, out_ndim):
+    """"binary" (binary_cross_entropy), "classification" (integer labels and (batch, classes)
+    outputs) or "regression"; it decides which metrics are reported."""
+    if loss is losses_mod.binary_cross_entropy:
+        return "binary"
+    if jnp.issubdtype(y_dtype, jnp.integer) and out_ndim == 2:
+        return "classification"
+    return "regression"
+
+
+def _accuracy(task, out, y):
+    if task == "classification":
+        return losses_mod.accuracy(out, y)
+    return jnp.mean((out > 0) == (y > 0.5))
+
+
+def _default_loss(y):
+    return (losses_mod.softmax_cross_entropy if np.issubdtype(np.asarray(y).dtype, np.integer)
+            else losses_mod.mse)
+
+
+def _check_l2(l2, where):
+    if not isinstance(l2, (int, float)) or isinstance(l2, bool) or not math.isfinite(l2) or l2 < 0:
+        raise FuncnetError(f"{where}: l2 must be a finite number >= 0, got {l2!r}")
+
+
+# ----------------------------------------------------------------------------- the step
+
+def init_train_state(model: Layer, optimizer, input_shape, key, *, dtype=None) -> TrainState:
+    """A fresh TrainState: `model.init` from one half of `key`, the other half for steps."""
+    _check_optimizer(optimizer, "init_train_state")
+    k_init, k_step = jax.random.split(_raw_key(key, "init_train_state"))
+    init = _jitted_init(model, optimizer, tuple(input_shape), dtype)
+    jax.eval_shape(init, k_init, k_step)  # shape errors (LayerError) before compiling
+    return init(k_init, k_step)
+
+
+# Compiled functions, reused while the same model, loss and optimizer objects come back
+# (e.g. fit called again in a notebook): jax.jit caches by function, and each call of
+# make_step would otherwise build a new one and compile it again.
+_CACHE: dict = {}
+
+
+def _cached(key, build):
+    try:
+        hash(key)
+    except TypeError:  # e.g. a hand-made Layer holding a list: just don't cache
+        return build()
+    if key not in _CACHE:
+        if len(_CACHE) >= 64:
+            _CACHE.clear()
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def _jitted_init(model, optimizer, input_shape, dtype):
+    """model.init and optimizer.init as one compiled program (not dozens of small ones)."""
+
+    def build():
+        def init(k_init, k_step):
+            params, state = model.init(k_init, input_shape, dtype)
+            return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32),
+                              k_step)
+
+        return jax.jit(init)
+
+    return _cached(("init", model, optimizer, tuple(input_shape), dtype), build)
+
+
+def _step_function(model: Layer, loss, optimizer, l2):
+    def step(ts: TrainState, x, y):
+        key, dropout_key = jax.random.split(ts.key)
+
+        def objective(params):
+            out, new_state = model.apply(params, ts.state, x, train=True, key=dropout_key)
+            value = loss(out, y)
+            total = value + losses_mod.l2(params, l2) if l2 else value
+            return total, (value, out, new_state)
+
+        (_, (value, out, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(ts.params)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = jax.tree_util.tree_map(lambda p, u: (p + u).astype(p.dtype), ts.params, updates)
+        metrics = {"loss": value}
+        task = _task(loss, y.dtype, out.ndim)
+        if task != "regression":
+            metrics["accuracy"] = _accuracy(task, out, y)
+        return TrainState(params, new_state, opt_state, ts.step + 1, key), metrics
+
+    return step
+
+
+def make_step(model: Layer, loss, optimizer, *, l2: float = 0.0, mesh=None, donate: bool = True):
+    """A jit-compiled, pure update `step(train_state, x, y) -> (train_state, metrics)`.
+
+    It splits the state's key (one half for this step's dropout masks, one carried on),
+    computes the loss of `model.apply(..., train=True)` plus the L2 penalty ½ λ Σ w²
+    (`fn.losses.l2`, λ = `l2`), its gradient with `jax.grad`, and applies
+    `optimizer.update` (any optax GradientTransformation: sgd, momentum, adam, rmsprop,
+    schedules, clipping chains). The model's new state (batch-norm running statistics)
+    and `step + 1` go into the returned TrainState. metrics: {"loss": the data loss
+    (without the penalty), "accuracy"} (accuracy for classification only).
+
+    The input train_state's buffers are donated (reused for the output) unless
+    `donate=False`: do not use a TrainState after passing it in. With a `mesh`
+    (`fn.parallel.make_mesh`), the step is compiled for data parallelism: train_state
+    replicated, x and y sharded along the batch (see `fn.parallel`).
+    """
+    _check_optimizer(optimizer, "make_step")
+    _check_l2(l2, "make_step")
+    if not callable(loss):
+        raise FuncnetError(f"make_step: loss must be a function (pred, target) -> scalar, got {loss!r}")
+    mesh = None if mesh is None else parallel.make_mesh(mesh)
+
+    def build():
+        step = _step_function(model, loss, optimizer, float(l2))
+        if mesh is not None:
+            return parallel.data_parallel(step, mesh, donate=donate)
+        return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+    return _cached(("step", model, loss, optimizer, float(l2), mesh, donate), build)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _eval_function(model, loss, task):
+    """Jitted sums over one padded batch; `mask` marks the real examples."""
+
+    def sums(params, state, x, y, mask):
+        out, _ = model.apply(params, state, x, train=False)
+        # Per-example losses: the batch mean of an example-averaged loss is exact whatever
+        # the batch, so padding rows can be masked out.
+        per = jax.vmap(lambda o, t: loss(o[None], t[None]))(out, y)
+        result = {"loss": jnp.sum(per * mask), "count": jnp.sum(mask)}
+        if task != "regression":
+            if task == "classification":
+                hit = jnp.argmax(out, axis=-1) == y
+            else:
+                hit = jnp.mean(((out > 0) == (y > 0.5)).reshape(out.shape[0], -1), axis=1)
+            result["correct"] = jnp.sum(hit * mask)
+        else:
+            err = (out - y).reshape(out.shape[0], -1)
+            m = mask[:, None]
+            result.update(sq=jnp.sum(err ** 2 * m), abs=jnp.sum(jnp.abs(err) * m),
+                          elements=jnp.sum(mask) * err.shape[1])
+        return result
+
+    return _cached(("eval", model, loss, task), lambda: jax.jit(sums))
+
+
+def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=None) -> dict:
+    """Metrics of the model (train=False) over all of (x, y), batch by batch.
+
+    Returns {"loss", "accuracy"} for classification (integer labels; `loss` defaults to
+    softmax cross-entropy) and binary cross-entropy, {"loss", "mse", "mae", "rmse"} for
+    regression (float targets; `loss` defaults to mse), as Python floats. Every batch has
+    the same shape (the last one is padded and its padding masked), so one compilation
+    serves any data size, and the result is exact: the loss is the mean of per-example
+    losses (for mse/mae/rmse the mean over all elements, rmse = √mse), whatever
+    `batch_size`.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    n = _check_pair(x, y, "evaluate")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise FuncnetError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
+    loss = _default_loss(y) if loss is None else loss
+    out_shape = _output_shape(model, params, state, x.shape, "evaluate")
+    task = _task(loss, y.dtype, len(out_shape))
+    _check_targets(y, out_shape, task, "evaluate")
+    bs = min(int(batch_size), n)
+    fn = _eval_function(model, loss, task)
+    parts = []
+    for start in range(0, n, bs):
+        xb, yb = x[start:start + bs], y[start:start + bs]
+        m = len(xb)
+        mask = np.zeros(bs, np.float32)
+        mask[:m] = 1
+        if m < bs:  # pad the last batch to the common shape: no recompilation
+            xb = np.concatenate([xb, np.zeros((bs - m,) + xb.shape[1:], xb.dtype)])
+            yb = np.concatenate([yb, np.zeros((bs - m,) + yb.shape[1:], yb.dtype)])
+        parts.append(fn(params, state, xb, yb, mask))
+        if len(parts) % 8 == 0:  # bounded dispatch-ahead (see fn.parallel on XLA:CPU meshes)
+            jax.block_until_ready(parts[-1])
+    parts = jax.device_get(parts)  # one host sync; the sums are added in float64
+    totals = {k: float(sum(np.float64(p[k]) for p in parts)) for k in parts[0]}
+    count = totals["count"]
+    result = {"loss": totals["loss"] / count}
+    if task != "regression":
+        result["accuracy"] = totals["correct"] / count
+    else:
+        mse = totals["sq"] / totals["elements"]
+        result.update(mse=mse, mae=totals["abs"] / totals["elements"], rmse=math.sqrt(mse))
+        if loss is losses_mod.rmse:  # rmse is not a mean of per-example values
+            result["loss"] = result["rmse"]
+    return result
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_pair(x, y, where) -> int:
+    if np.ndim(x) < 1 or np.ndim(y) < 1:
+        raise FuncnetError(f"{where}: x and y must be arrays with a batch axis, got shapes "
+                           f"{np.shape(x)} and {np.shape(y)}")
+    n = int(np.shape(x)[0])
+    if n != np.shape(y)[0]:
+        raise FuncnetError(f"{where}: x has {n} examples but y has {np.shape(y)[0]}; they must "
+                           f"have the same length")
+    if n == 0:
+        raise FuncnetError(f"{where}: the data is empty (0 examples)")
+    return n
+
+
+def _output_shape(model, params, state, x_shape, where):
+    """The model's output shape for inputs of `x_shape`, or a LayerError saying so."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
+    try:
+        out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], params, state, x)
+    except LayerError as e:
+        raise LayerError(f"{where}: the model does not take inputs of shape "
+                         f"(batch,) + {tuple(x_shape[1:])}: {e}") from None
+    return tuple(out.shape)
+
+
+def _check_targets(y, out_shape, task, where):
+    if task == "classification":
+        classes = out_shape[-1]
+        if np.ndim(y) != 1:
+            raise FuncnetError(f"{where}: classification labels must have shape (batch,), got "
+                               f"{np.shape(y)}")
+        values = np.asarray(y)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise FuncnetError(f"{where}: label {bad} is out of range for the model's {classes} "
+                               f"outputs (labels must lie in [0, {classes - 1}])")
+    elif tuple(np.shape(y)[1:]) != tuple(out_shape[1:]):
+        raise FuncnetError(f"{where}: targets of shape (batch,) + {tuple(np.shape(y)[1:])} do not "
+                           f"match the model's output (batch,) + {tuple(out_shape[1:])}"
+                           + ("; integer class labels need a loss like softmax_cross_entropy"
+                              if task == "regression" and np.ndim(y) == 1 else ""))
+
+
+def batch_order(key, epoch: int, n: int) -> np.ndarray:
+    """The order in which `fit(key=key)` visits the n training examples in epoch `epoch`
+    (0-based). Epoch e's batch b is examples order[b·B : (b+1)·B].
+
+    It is NumPy's PCG64 permutation seeded by (the data key's two words, e): a pure function
+    of key and epoch, stable across platforms, computed on the host (no compilation). The
+    data key is the second of jax.random.split(key, 3)."""
+    data_key = jax.random.split(_raw_key(key, "batch_order"), 3)[1]
+    return _order(np.asarray(data_key), epoch, n)
+
+
+def _order(data_key: np.ndarray, epoch: int, n: int) -> np.ndarray:
+    seed = np.random.SeedSequence([int(v) for v in data_key.ravel()] + [int(epoch)])
+    return np.random.default_rng(seed).permutation(n)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _progress_bar(enabled, total, initial):
+    """A tqdm bar on a terminal; None when disabled, not a TTY, or tqdm is missing."""
+    if not enabled:
+        return None
+    stream = sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the optional extra `progress` is not installed: stay silent
+        return None
+    return tqdm(total=total, initial=initial, unit="step", file=stream, dynamic_ncols=True,
+                leave=True)
+
+
+def _finite_tree(tree) -> bool:
+    return all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)
+               if np.issubdtype(np.asarray(a).dtype, np.inexact))
+
+
+def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int] = None,
+        steps: Optional[int] = None, batch_size: int = 128, key=None, val_data=None,
+        target_loss: Optional[float] = None, l2: float = 0.0, checkpoint_dir=None,
+        checkpoint_every: Optional[int] = None, keep: int = 3, devices=None,
+        drop_remainder: bool = False, initial=None, progress: bool = True,
+        callback: Optional[Callable] = None, eval_batch_size: int = 512, sync_every: int = 8,
+        dtype=None):
+    """Train `model` with `optimizer` on train_data = (x, y); returns (TrainState, History).
+
+    - loss: `fn.losses.softmax_cross_entropy` for integer labels (the default for them),
+      mse for float targets (their default), or any (pred, target) -> scalar.
+    - epochs / steps: the budget (at least one); training stops at whichever comes first,
+      or after the first epoch whose mean training loss is below `target_loss`, or when
+      `callback(row, train_state)` (called after each epoch) returns True.
+    - batch_size: examples per update; every epoch is reshuffled from `key` (see
+      `batch_order`). batch_size >= N is batch gradient descent (one step per epoch). The
+      last batch of an epoch is partial unless `drop_remainder`.
+    - val_data=(x, y): evaluated after every epoch (`evaluate`).
+    - l2: λ of the ½ λ Σ w² penalty. initial: a TrainState or (params, state) to start
+      from instead of `model.init`.
+    - checkpoint_dir: a TrainState checkpoint `ckpt_<step>.npz` is written atomically every
+      `checkpoint_every` steps (default: after every epoch) and at the end, keeping the
+      newest `keep`; a later fit with the same directory (and the same data, batch size and
+      key) resumes from the newest one by itself and continues exactly as if never stopped.
+    - devices: a list of devices (or a Mesh) for data parallelism (`fn.parallel`): each
+      batch is sharded across them, parameters replicated; the batch size must divide.
+    - progress: a tqdm bar (epoch, loss, accuracy, rate) on a terminal; silent when stderr
+      is not a TTY, tqdm is not installed, or progress=False.
+    - sync_every: metrics are fetched from the device every this many steps (the only host
+      syncs in the loop), which also bounds how far dispatch runs ahead of the device.
+
+    A NaN or infinite training loss raises `NonFiniteLossError` naming the step (and the
+    epoch and batch); nothing after the last finite step is checkpointed, so the newest
+    checkpoint stays the last good one. Inputs are checked before anything is compiled:
+    x against the model's input shape, y against its output (labels in range), x and y
+    lengths, the batch size against the devices.
+    """
+    where = "fit"
+    # -- check everything before compiling
+    _check_optimizer(optimizer, where)
+    _check_l2(l2, where)
+    if not (isinstance(train_data, (tuple, list)) and len(train_data) == 2):
+        raise FuncnetError(f"{where}: train_data must be a pair (x, y), got {type(train_data).__name__}")
+    x, y = (np.asarray(a) for a in train_data)
+    n = _check_pair(x, y, where)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    for name, v in (("epochs", epochs), ("steps", steps), ("checkpoint_every", checkpoint_every)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise FuncnetError(f"{where}: {name} must be a non-negative int, got {v!r}")
+    if epochs is None and steps is None:
+        raise FuncnetError(f"{where}: give a budget: epochs=... and/or steps=...")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise FuncnetError(f"{where}: batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or not 1 <= sync_every <= 16:
+        raise FuncnetError(f"{where}: sync_every must be an int in [1, 16], got {sync_every!r}")
+    if target_loss is not None and not isinstance(target_loss, (int, float)):
+        raise FuncnetError(f"{where}: target_loss must be a number, got {target_loss!r}")
+    if checkpoint_every == 0:
+        raise FuncnetError(f"{where}: checkpoint_every must be a positive number of steps")
+    bs = min(int(batch_size), n)
+    if drop_remainder and n % bs and n < bs:
+        raise FuncnetError(f"{where}: drop_remainder with {n} examples < batch size {bs}")
+    steps_per_epoch = n // bs if drop_remainder else -(-n // bs)
+    loss = _default_loss(y) if loss is None else loss
+    if not callable(loss):
+        raise FuncnetError(f"{where}: loss must be a function (pred, target) -> scalar, got {loss!r}")
+    key = _raw_key(key, where)
+    k_init, k_data, k_step = jax.random.split(key, 3)
+    data_key = np.asarray(k_data)
+
+    mesh = None
+    if devices is not None:
+        mesh = parallel.make_mesh(devices)
+        parallel.check_batch_size(bs, mesh, where)
+        if not drop_remainder and n % bs and (n % bs) % parallel.mesh_size(mesh):
+            raise FuncnetError(
+                f"{where}: the last batch of each epoch has {n % bs} examples ({n} = "
+                f"{n // bs}·{bs} + {n % bs}), which cannot be split evenly over "
+                f"{parallel.mesh_size(mesh)} devices; pass drop_remainder=True or choose a "
+                f"batch size whose remainder divides")
+
+    if initial is None:
+        init = _jitted_init(model, optimizer, (bs,) + x.shape[1:], dtype)
+        try:  # shapes only: nothing is compiled until the inputs are known to fit
+            like = jax.eval_shape(init, k_init, k_step)
+        except LayerError as e:
+            raise LayerError(f"{where}: the model does not take inputs of shape (batch,) + "
+                             f"{x.shape[1:]}: {e}") from None
+    else:
+        if not isinstance(initial, TrainState):
+            params, state = initial
+            initial = TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32),
+                                 k_step)
+        # Our own copy (through the host): the step donates its input buffers, so it must
+        # never be handed the caller's arrays.
+        ts = like = jax.device_put(jax.device_get(initial))
+    out_shape = _output_shape(model, like.params, like.state, x.shape, where)
+    task = _task(loss, y.dtype, len(out_shape))
+    _check_targets(y, out_shape, task, where)
+    if val_data is not None:
+        if not (isinstance(val_data, (tuple, list)) and len(val_data) == 2):
+            raise FuncnetError(f"{where}: val_data must be a pair (x, y)")
+        xv, yv = (np.asarray(a) for a in val_data)
+        _check_pair(xv, yv, "fit (val_data)")
+        if xv.shape[1:] != x.shape[1:]:
+            raise FuncnetError(f"{where}: val_data inputs have shape (batch,) + {xv.shape[1:]}, the "
+                               f"training inputs (batch,) + {x.shape[1:]}")
+        _check_targets(yv, out_shape, task, "fit (val_data)")
+
+    # -- resume from the newest checkpoint, if any
+    signature = {"examples": n, "batch_size": bs, "drop_remainder": bool(drop_remainder),
+                 "key": [int(v) for v in np.asarray(key)]}
+    history, partial = History(), {"loss": 0.0, "accuracy": 0.0, "count": 0, "seconds": 0.0}
+    last_checkpoint = None
+    if checkpoint_dir is not None:
+        path = ckpt.latest(checkpoint_dir)
+        if path is not None:
+            meta = ckpt.read_metadata(path)
+            saved = meta.get("fit", {})
+            differ = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in signature.items()
+                      if saved.get(k) != v]
+            if differ:
+                raise FuncnetError(f"{where}: cannot resume from {path}: it was written by a run "
+                                   f"with other settings ({'; '.join(differ)}); use another "
+                                   f"checkpoint_dir or the same settings")
+            ts = ckpt.restore(path, like=like)
+            history = History(meta.get("history", []))
+            partial = dict(partial, **meta.get("partial", {}))
+            last_checkpoint = path
+    if last_checkpoint is None and initial is None:
+        ts = init(k_init, k_step)
+
+    if mesh is not None:
+        ts = parallel.replicate(ts, mesh)
+    step_fn = make_step(model, loss, optimizer, l2=l2, mesh=mesh)
+
+    budget = min(epochs * steps_per_epoch if epochs is not None else math.inf,
+                 steps if steps is not None else math.inf)
+    s = int(jax.device_get(ts.step))
+    bar = _progress_bar(progress, None if budget == math.inf else int(budget), s)
+    pending = []  # (step, epoch, batch, metrics on device), not fetched yet
+    epoch_sums = partial
+    stop = False
+
+    def drain(keep_last=0):
+        """Fetch the metrics of all but the newest `keep_last` pending steps (blocks on them)."""
+        nonlocal pending
+        if len(pending) <= keep_last:
+            return
+        ready, pending = pending[:len(pending) - keep_last], pending[len(pending) - keep_last:]
+        fetched = jax.device_get([m for *_, m in ready])
+        for (st, ep, b, _), m in zip(ready, fetched):
+            value = float(m["loss"])
+            if not math.isfinite(value):
+                if bar is not None:
+                    bar.close()
+                good = (f" The last good checkpoint is {last_checkpoint}." if last_checkpoint
+                        else " No checkpoint was written" +
+                        (" before it." if checkpoint_dir is not None else
+                         " (pass checkpoint_dir=... to keep one)."))
+                raise NonFiniteLossError(
+                    f"{where}: the training loss became {value} at step {st} (epoch {ep + 1}, batch "
+                    f"{b + 1} of {steps_per_epoch}); training stopped. Check the data for NaN or "
+                    f"infinite values and try a smaller learning rate.{good}",
+                    step=st, epoch=ep + 1, loss=value, checkpoint=last_checkpoint)
+            history.step_losses.append(value)
+            epoch_sums["loss"] += value
+            epoch_sums["accuracy"] += float(m.get("accuracy", 0.0))
+            epoch_sums["count"] += 1
+        if bar is not None and ready:
+            bar.update(len(ready))
+            post = {"epoch": ready[-1][1] + 1, "loss": f"{float(fetched[-1]['loss']):.4f}"}
+            if "accuracy" in fetched[-1]:
+                post["acc"] = f"{float(fetched[-1]['accuracy']):.3f}"
+            bar.set_postfix(post, refresh=False)
+
+    def save(step_now):
+        nonlocal last_checkpoint
+        drain()
+        host = jax.device_get(ts)
+        if not _finite_tree(host):
+            raise NonFiniteLossError(
+                f"{where}: the training state holds NaN or infinite values after step {step_now}; "
+                f"not saved. The last good checkpoint is {last_checkpoint}.",
+                step=step_now, epoch=step_now // steps_per_epoch + 1, loss=math.nan,
+                checkpoint=last_checkpoint)
+        meta = {"fit": signature, "history": [dict(r) for r in history if not r.get("partial")],
+                "partial": dict(epoch_sums)}
+        last_checkpoint = ckpt.save_step(checkpoint_dir, step_now, host, metadata=meta, keep=keep)
+
+    try:
+        while s < budget and not stop:
+            epoch, b = divmod(s, steps_per_epoch)
+            order = _order(data_key, epoch, n)
+            t0 = time.perf_counter() - epoch_sums["seconds"]
+            while b < steps_per_epoch and s < budget:
+                idx = order[b * bs:(b + 1) * bs]
+                xb, yb = x[idx], y[idx]
+                if mesh is not None:
+                    xb, yb = parallel.shard_batch((xb, yb), mesh)
+                ts, metrics = step_fn(ts, xb, yb)
+                pending.append((s + 1, epoch, b, metrics))
+                s, b = s + 1, b + 1
+                if len(pending) >= sync_every + 2:
+                    drain(keep_last=2)  # never more than sync_every + 2 steps in flight
+                if (checkpoint_dir is not None and checkpoint_every and s % checkpoint_every == 0
+                        and b < steps_per_epoch):  # an epoch's last step saves after its row
+                    epoch_sums["seconds"] = time.perf_counter() - t0
+                    save(s)
+            drain()
+            count = max(epoch_sums["count"], 1)
+            row = _Row(epoch=epoch + 1, step=s, train_loss=epoch_sums["loss"] / count)
+            if task != "regression":
+                row["train_accuracy"] = epoch_sums["accuracy"] / count
+            if val_data is not None:
+                for k, v in evaluate(model, ts.params, ts.state, xv, yv,
+                                     batch_size=eval_batch_size, loss=loss).items():
+                    row["val_" + k] = v
+            row["seconds"] = time.perf_counter() - t0
+            if b < steps_per_epoch:
+                row["partial"] = True
+                epoch_sums["seconds"] = row["seconds"]
+                history.append(row)
+                break
+            history.append(row)
+            epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0, "seconds": 0.0}
+            if bar is not None:
+                bar.set_description(f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""))
+            if target_loss is not None and row["train_loss"] < target_loss:
+                stop = True
+            if callback is not None and callback(row, ts):
+                stop = True
+            if (checkpoint_dir is not None and not stop and s < budget
+                    and (not checkpoint_every or s % checkpoint_every == 0)):
+                save(s)
+        if checkpoint_dir is not None and (last_checkpoint is None or
+                                           not last_checkpoint.endswith(f"{s:08d}.npz")):
+            save(s)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ts, history
