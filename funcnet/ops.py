@@ -135,6 +135,10 @@ def windows(x, window, stride, pads=((0, 0), (0, 0)), pad_value=0.0):
     (ph, pw), (sh, sw) = window, stride
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=pad_value)
     ho, wo = out_size(xp.shape[1], ph, sh), out_size(xp.shape[2], pw, sw)
+    if (ph, pw) == (sh, sw):  # non-overlapping: a reshape, no gather (same cells, same order)
+        n, c = xp.shape[0], xp.shape[3]
+        blocks = xp[:, :ho * ph, :wo * pw, :].reshape(n, ho, ph, wo, pw, c)
+        return blocks.transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, c, ph * pw)
     cells = [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
              for i in range(ph) for j in range(pw)]
     return jnp.stack(cells, axis=-1)
@@ -146,6 +150,11 @@ def scatter_windows(cells, window, stride, in_hw, pads=((0, 0), (0, 0))):
     (ph, pw), (sh, sw) = window, stride
     n, ho, wo, c, _ = cells.shape
     hp, wp = in_hw[0] + sum(pads[0]), in_hw[1] + sum(pads[1])
+    if (ph, pw) == (sh, sw):  # non-overlapping: every cell lands in its own place
+        blocks = cells.reshape(n, ho, wo, c, ph, pw).transpose(0, 1, 4, 2, 5, 3)
+        out = jnp.pad(blocks.reshape(n, ho * ph, wo * pw, c),
+                      ((0, 0), (0, hp - ho * ph), (0, wp - wo * pw), (0, 0)))
+        return out[:, pads[0][0]:pads[0][0] + in_hw[0], pads[1][0]:pads[1][0] + in_hw[1], :]
     out = jnp.zeros((n, hp, wp, c), cells.dtype)
     for k in range(ph * pw):
         i, j = divmod(k, pw)

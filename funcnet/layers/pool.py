@@ -36,6 +36,9 @@ def _pool(name, window, stride, padding, cells_forward, cells_backward, init_par
         check(len(shape) == 4, f"{name} expects NHWC input (batch, height, width, channels), "
               f"got shape {shape}")
         pads = pads_for(shape)
+        # A window made of padding alone would pool nothing (−∞ for max): pads stay under it.
+        check(all(p < k for side, k in zip(pads, window) for p in side),
+              f"{name} padding {padding!r} must be smaller than the window {window} on every side")
         hp, wp = shape[1] + sum(pads[0]), shape[2] + sum(pads[1])
         check(hp >= window[0] and wp >= window[1],
               f"{name} window {window} is larger than its input: height x width {(hp, wp)} after "
@@ -72,13 +75,17 @@ def max_pool(window, stride=None, padding="VALID") -> Layer:
 
     def cells_forward(params, cells):
         idx = jnp.argmax(cells, axis=-1)  # first maximum in row-major order: ties are deterministic
-        return jnp.take_along_axis(cells, idx[..., None], axis=-1)[..., 0], {"idx": idx}
+        # The arg-max cell picked by a select, not a gather: jax.grad of a select is a select
+        # (the same first-arg-max rule as the backward), where a gather's is a slow scatter.
+        hit = idx[..., None] == jnp.arange(cells.shape[-1])
+        return jnp.sum(jnp.where(hit, cells, 0), axis=-1), {"idx": idx}
 
     def cells_backward(params, cache, dy):
         """δ goes to the arg-max cell of its window only; the other cells get 0. (Copying δ
         to all cells, as one of the notes says, is wrong: `check_gradients` shows it.)
         Overlapping windows add up their contributions."""
-        return {}, jax.nn.one_hot(cache["idx"], win[0] * win[1], dtype=dy.dtype) * dy[..., None]
+        hit = cache["idx"][..., None] == jnp.arange(win[0] * win[1])
+        return {}, jnp.where(hit, dy[..., None], 0)
 
     return _pool("max_pool", window, stride, padding, cells_forward, cells_backward)
 

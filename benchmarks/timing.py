@@ -1,0 +1,69 @@
+"""The measuring protocol shared by every comparison.
+
+Competitors of one comparison run in one process, interleaved: after a warm-up call each,
+repeat r runs competitor 1, 2, ..., k, then repeat r+1 does the same, so a burst of load
+from elsewhere on the machine hits every competitor alike. Each timed call runs `inner`
+steps and waits for the result (`jax.block_until_ready`; NumPy and PyTorch eager are
+synchronous on CPU). We report the median time per step and the min–max over repeats.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+
+@dataclass
+class Timing:
+    """Seconds per step of one competitor: every repeat's value, median, min and max."""
+
+    name: str
+    per_step: List[float]
+    flops: Optional[float] = None          # floating-point operations of one step
+    compile_s: Optional[float] = None      # jit compile time (JAX competitors)
+    note: str = ""
+    extra: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_step)
+
+    @property
+    def lo(self) -> float:
+        return min(self.per_step)
+
+    @property
+    def hi(self) -> float:
+        return max(self.per_step)
+
+    @property
+    def steps_per_s(self) -> float:
+        return 1.0 / self.median
+
+    @property
+    def gflops(self) -> Optional[float]:
+        return None if self.flops is None else self.flops / self.median / 1e9
+
+
+def interleaved(runners: Dict[str, Callable[[int], None]], *, repeats: int = 7, inner: int = 10,
+                warmup: int = 2) -> Dict[str, List[float]]:
+    """Time each runner(n) — which must run n steps and block until done — `repeats` times,
+    alternating between runners; returns seconds per step for every repeat."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run(1)
+    out = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(inner)
+            out[name].append((time.perf_counter() - t0) / inner)
+    return out
+
+
+def timed(fn, *args):
+    """(result, seconds) of one call."""
+    t0 = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - t0
