@@ -1,0 +1,1 @@
+"""Runnable studies of the notes behind funcnet: `python -m experiments.NAME [--quick]`."""

@@ -1,0 +1,158 @@
+"""Gradient checks of every network in this folder (note 004's "gradient checking").
+
+For each network, on a tiny input in float64, `fn.check_gradients` compares three
+gradients of the loss for every parameter leaf and the input: the hand-derived backward
+formulas (`model.backward`, i.e. `fn.backprop`), `jax.grad`, and centred finite differences.
+Training mode is checked wherever it differs (batch norm's batch statistics, dropout's mask,
+fixed by the key). The script prints each report and exits non-zero if any check fails.
+
+It also checks the notes' rule for max pooling, "copy the gradient to all four cells of the
+window": a max pool whose backward is replaced by that rule fails the check, while the
+arg-max routing funcnet implements passes.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import funcnet as fn
+from experiments import cnn, common, fc_net, graph_net, init_study, losses, xor
+
+NAME = "gradcheck"
+
+
+def copy_to_all_max_pool(window=(2, 2)) -> fn.Layer:
+    """A max pool whose backward follows the notes' rule: δ copied to every cell of its
+    window (the Kronecker product with a block of ones). Wrong: only the arg-max cell
+    influences the output, so only it has a gradient."""
+    pool = fn.max_pool(window)
+
+    def forward(params, state, x, *, train=False, key=None):
+        y, state, _ = pool.forward(params, state, x, train=train, key=key)
+        return y, state, {"x": x}
+
+    def backward(params, cache, dy):
+        return {}, fn.ops.upsample(dy, window, cache["x"].shape[1:3])
+
+    return pool._replace(forward=forward, backward=backward, name="max_pool(copy-to-all)")
+
+
+def small_cnn(pool: fn.Layer) -> fn.Layer:
+    return fn.serial(fn.conv2d(3, (3, 3)), fn.relu, pool, fn.flatten, fn.dense(4))
+
+
+def networks(quick: bool = False):
+    """name -> (model, input shape, target kind, loss, train, numerically sampled coordinates
+    per leaf or None for all). Every network of the folder, at a tiny size."""
+    ce, sampled = fn.losses.softmax_cross_entropy, 24
+    nets = {
+        "xor/perceptron": (xor.perceptron(), (4, 2), "regression1", fn.losses.mse, False, None),
+        "xor/mlp_tanh": (xor.mlp(3, fn.tanh), (4, 2), "regression1", fn.losses.mse, False, None),
+        "xor/mlp_sigmoid": (xor.mlp(3, fn.sigmoid), (4, 2), "regression1", fn.losses.mse,
+                            False, None),
+        "fc_net/batch_norm+dropout": (fc_net.fc_net((6, 5), 3, batch_norm=True, dropout=0.3),
+                                      (5, 2, 2, 1), "classes3", ce, True, None),
+        "fc_net/plain": (fc_net.fc_net((6, 5), 3), (5, 2, 2, 1), "classes3", ce, False, None),
+        "cnn/digits relu/max/pad": (cnn.digits_net("relu", "max", "pad", (3, 4), 6), (2, 8, 8, 1),
+                                    "classes10", ce, False, sampled),
+        "cnn/digits tanh/mean/ignore": (cnn.digits_net("tanh", "mean", "ignore", (3, 4), 6), (2, 8, 8, 1),
+                                        "classes10", ce, False, sampled),
+        "cnn/digits sigmoid/max/pad": (cnn.digits_net("sigmoid", "max", "pad", (3, 4), 6), (2, 8, 8, 1),
+                                       "classes10", ce, False, sampled),
+        "cnn/lenet5 (28x28)": (cnn.lenet((2, 3), 5, (6, 5)), (1, 28, 28, 1), "classes10", ce, False, sampled),
+        "losses/regressor (mse)": (losses.regressor((5,)), (6, 3), "regression1", fn.losses.mse,
+                                   False, None),
+        "losses/regressor (mae)": (losses.regressor((5,)), (6, 3), "regression1", fn.losses.mae,
+                                   False, None),
+        "losses/regressor (rmse)": (losses.regressor((5,)), (6, 3), "regression1",
+                                    fn.losses.rmse, False, None),
+        "losses/relu_sum": (losses.relu_sum(6), (7, 1), "regression1", fn.losses.mse, False, None),
+        # Wide enough that no layer is entirely dead: a dead layer puts the next layer's
+        # pre-activations exactly on relu's kink (z = b = 0), where no derivative exists.
+        "init_study/10-layer relu": (init_study.deep_net(10, 12, fn.relu, fn.initializers.he, 3),
+                                     (4, 6), "classes3", ce, False, None),
+        "init_study/10-layer tanh": (init_study.deep_net(10, 6, fn.tanh, fn.initializers.xavier, 3),
+                                     (3, 4), "classes3", ce, False, None),
+        "graph_net/dag": (graph_net.dag_network(graph_net.random_dag(jax.random.PRNGKey(3), 4, 5, 3,
+                                                                     0.5), 4, 3),
+                          (5, 4), "classes3", ce, False, None),
+    }
+    nets["cnn/fn.models.lenet (8x8)"] = (fn.models.lenet(10, 8), (2, 8, 8, 1), "classes10", ce,
+                                         False, sampled)
+    if quick:  # one network per experiment (compilation dominates the time)
+        keep = ("xor/mlp_tanh", "fc_net/batch_norm+dropout", "cnn/digits tanh/mean/ignore",
+                "losses/regressor (rmse)", "init_study/10-layer tanh", "graph_net/dag")
+        nets = {k: nets[k] for k in keep}
+    return nets
+
+
+def targets(kind: str, n: int, key):
+    if kind.startswith("classes"):
+        return jax.random.randint(key, (n,), 0, int(kind[len("classes"):]))
+    return jax.random.uniform(key, (n, 1))
+
+
+def check(model, input_shape, target_kind, loss, train, samples, key):
+    k_init, k_x, k_y, k_drop = jax.random.split(key, 4)
+    params, state = model.init(k_init, input_shape)
+    x = jax.random.normal(k_x, input_shape)
+    y = targets(target_kind, input_shape[0], k_y)
+    return fn.check_gradients(model, params, state, x, y, loss, train=train,
+                              key=k_drop if train else None, samples=samples, sample_key=k_drop)
+
+
+def main(argv=None) -> dict:
+    args = common.parse(NAME, __doc__, argv)
+    key = jax.random.PRNGKey(args.seed)
+    results, reports = {}, {}
+    for (name, spec), k in zip(networks(args.quick).items(), jax.random.split(key, 64)):
+        report = check(*spec, k)
+        reports[name] = report
+        print(f"\n== {name} ==\n{report}")
+        results[name] = {"ok": report.ok, "loss": report.loss,
+                         "worst_manual_vs_autodiff": max(r.manual_vs_autodiff for r in report.rows),
+                         "worst_autodiff_vs_numerical": max(r.autodiff_vs_numerical
+                                                            for r in report.rows)}
+
+    # L2: the penalty's hand gradient λw (not λ) against autodiff.
+    params, _ = fc_net.fc_net((6, 5), 3).init(key, (5, 4))
+    l2_error = fn.rel_error(fn.losses.l2.grad(params, 0.1), jax.grad(fn.losses.l2)(params, 0.1))
+    print(f"\n== L2 penalty ½λΣw²: hand gradient λw vs jax.grad: rel. error {l2_error:.1e} ==")
+
+    # The notes' max-pool rule against the arg-max rule, on the same small CNN and input.
+    pools = {"argmax": fn.max_pool((2, 2)), "copy_to_all": copy_to_all_max_pool((2, 2))}
+    pool_reports = {}
+    for name, pool in pools.items():
+        pool_reports[name] = check(small_cnn(pool), (2, 6, 6, 1), "classes4", fn.losses.softmax_cross_entropy,
+                                   False, None, jax.random.PRNGKey(args.seed + 1))
+        print(f"\n== max pool backward, {name} rule ==\n{pool_reports[name]}")
+    pool_rows = {name: {r.path: r.manual_vs_autodiff for r in rep.rows}
+                 for name, rep in pool_reports.items()}
+
+    # Passing means: every network passes, and the check catches the wrong pool rule.
+    ok = (all(r["ok"] for r in results.values()) and l2_error < 1e-6
+          and pool_reports["argmax"].ok and not pool_reports["copy_to_all"].ok)
+    metrics = {"ok": ok, "networks": results, "checks": len(results),
+               "passed": sum(r["ok"] for r in results.values()), "l2_rel_error": l2_error,
+               "max_pool_argmax_ok": pool_reports["argmax"].ok,
+               "max_pool_copy_to_all_ok": pool_reports["copy_to_all"].ok,
+               "max_pool_rel_errors": pool_rows}
+
+    fig, ax = common.figure(1, size=(7.5, 0.32 * len(results) + 1.2))
+    names = list(results)
+    worst = [max(results[n]["worst_manual_vs_autodiff"], 1e-17) for n in names]
+    ax[0, 0].barh(names, worst, color=["tab:green" if results[n]["ok"] else "tab:red" for n in names])
+    ax[0, 0].set_xscale("log")
+    ax[0, 0].set_xlabel("worst relative error, hand formulas vs jax.grad (float64)")
+    ax[0, 0].invert_yaxis()
+    ax[0, 0].tick_params(axis="y", labelsize=7)
+    common.save(fig, args, "gradcheck.png")
+    print(f"\n{metrics['passed']} of {metrics['checks']} networks pass; max pool: arg-max rule "
+          f"{'passes' if metrics['max_pool_argmax_ok'] else 'FAILS'}, copy-to-all rule "
+          f"{'passes' if metrics['max_pool_copy_to_all_ok'] else 'fails'}")
+    return common.write_metrics(args, metrics)
+
+
+if __name__ == "__main__":
+    common.cli(main)

@@ -1,0 +1,122 @@
+"""Every experiment's --quick mode, run in-process, and the claim it exists to show.
+
+Each test calls the module's main(["--quick", "--out", tmp]) and checks the metrics it
+returns (and wrote to metrics.json) plus the figures it saved.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+
+from experiments import (cnn, fc_net, gradcheck, graph_net, init_study, losses,  # noqa: E402
+                         optimizers, regularization, xor)
+
+
+def run(module, tmp_path, *figures):
+    """Run module --quick into tmp_path; check metrics.json and the figures; return metrics."""
+    metrics = module.main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert metrics["experiment"] == module.NAME and metrics["quick"] is True
+    for name in figures:
+        png = (tmp_path / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+    return metrics
+
+
+def test_xor_needs_a_hidden_layer(tmp_path):
+    m = run(xor, tmp_path, "decision_boundaries.png")
+    assert m["mlp_tanh"]["accuracy"] == 1.0 and m["mlp_solves_xor"]
+    assert m["mlp_tanh"]["final_mse"] < 0.02
+    # No line separates XOR: the single neuron gets at most 3 of the 4 points.
+    assert m["perceptron"]["accuracy"] <= 0.75 and not m["perceptron_solves_xor"]
+    assert m["perceptron"]["final_mse"] > 0.15
+    # Training on the δ rule (with_manual_grads) is training on the gradient.
+    assert m["delta_rule_vs_autodiff_rel_error"] < 1e-4
+
+
+def test_graph_net_relabeling_preserves_the_function(tmp_path):
+    m = run(graph_net, tmp_path, "graph.png", "pruning.png")
+    assert m["test_accuracy"] > 0.7
+    # A relabeling changes the matrices (no longer upper triangular) but not the outputs.
+    assert not m["relabeled_is_upper_triangular"]
+    assert m["relabel_max_abs_diff"] < 1e-4 and m["swap_nodes_max_abs_diff"] < 1e-4
+    # Swapping rows alone is not a relabeling: a different network, or no DAG at all.
+    assert m["swap_rows_only_max_abs_diff"] in ("inf", None) or m["swap_rows_only_max_abs_diff"] > 1e-2
+    kept = [c["fraction_kept"] for c in m["pruning"]]
+    assert kept == sorted(kept, reverse=True) and kept[0] > 0.99 and kept[-1] < 0.1
+    # The lowest threshold drops one edge: accuracy barely moves; pruning 98% hurts.
+    assert abs(m["pruning"][0]["test_accuracy"] - m["test_accuracy"]) < 0.01
+    assert m["pruning"][-1]["test_accuracy"] < m["test_accuracy"] - 0.1
+
+
+def test_graph_net_rejects_a_cycle():
+    import numpy as np
+    a = np.zeros((4, 4))
+    a[0, 1] = a[1, 2] = a[2, 1] = a[2, 3] = 1
+    with pytest.raises(graph_net.fn.FuncnetError, match="cycle through nodes \\[1, 2"):
+        graph_net.dag_network(a, 1, 1)
+
+
+def test_gradcheck_passes_and_catches_copy_to_all_max_pool(tmp_path):
+    m = run(gradcheck, tmp_path, "gradcheck.png")
+    assert m["ok"] and m["passed"] == m["checks"] >= 6
+    assert all(r["worst_manual_vs_autodiff"] < 1e-6 for r in m["networks"].values())
+    assert m["max_pool_argmax_ok"] and not m["max_pool_copy_to_all_ok"]
+    # The wrong rule corrupts every gradient below the pool, not the dense layer above it.
+    wrong = m["max_pool_rel_errors"]["copy_to_all"]
+    assert wrong["0:conv2d/w"] > 0.1 and wrong["input"] > 0.1 and wrong["4:dense/w"] < 1e-8
+    assert m["l2_rel_error"] < 1e-10
+
+
+def test_init_study_spreads(tmp_path):
+    m = run(init_study, tmp_path, "spreads.png", "training.png")
+    last = m["last_activation_std"]
+    # Ten layers multiply the spread by (s·√n·√½)^10 for ReLU: it vanishes or explodes.
+    assert last["relu/gaussian(0.01)"] < 1e-6
+    assert last["relu/gaussian(1)"] > 1e3
+    assert 0.1 < last["relu/he"] < 10 and 0.05 < last["tanh/xavier"] < 1
+    assert last["tanh/gaussian(1)"] > 0.9  # saturated at ±1
+    acc = m["test_accuracy"]
+    assert acc["relu/gaussian(0.01)"] < 0.2 < acc["relu/he"]
+
+
+def test_losses_beat_the_mean_and_relus_fit_a_curve(tmp_path):
+    m = run(losses, tmp_path, "losses.png")
+    d = m["diabetes"]
+    mean = d["predict_the_mean"]
+    for row in ("trained_with_mse", "trained_with_mae", "trained_with_rmse"):
+        assert all(d[row][k] < 0.9 * mean[k] for k in ("mse", "mae", "rmse")), row
+        assert math.isclose(d[row]["rmse"] ** 2, d[row]["mse"], rel_tol=1e-4)
+    assert min(float(v) for v in m["relu_sum_mse"].values()) < 0.05
+
+
+def test_fc_net_quick_accuracy(tmp_path):
+    m = run(fc_net, tmp_path, "curves_digits.png", "weights_digits.png")
+    acc = m["test_accuracy"]["digits"]
+    assert acc["plain"] > 0.9 and acc["batch_norm"] > 0.93
+
+
+def test_cnn_quick_accuracy(tmp_path):
+    m = run(cnn, tmp_path, "curves_digits.png", "filters_digits.png")
+    assert m["digits_accuracy"] > 0.93
+
+
+def test_regularization_shrinks_weights_and_gap(tmp_path):
+    m = run(regularization, tmp_path, "regularization.png")
+    r = m["results"]
+    assert r["none"]["train_accuracy"] > 0.99 and r["none"]["gap"] > 0
+    l2 = next(k for k in r if k.startswith("l2"))
+    assert r[l2]["weight_norm"] < 0.8 * r["none"]["weight_norm"]
+    assert all(v["test_accuracy"] > 0.85 for v in r.values())
+
+
+def test_optimizers_all_descend(tmp_path):
+    m = run(optimizers, tmp_path, "optimizers.png")
+    for name, curve in m["curves"].items():
+        assert curve["step"][0] == 0 and curve["step"][-1] == m["steps"]
+        assert curve["loss"][-1] < 0.6 * curve["loss"][0], name
+        assert curve["seconds"] == sorted(curve["seconds"])
