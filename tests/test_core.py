@@ -66,6 +66,8 @@ def stacks(draw, depth):
                 count = k[0] * k[1] * shape[3] * c + c
             else:
                 pool = draw(st.sampled_from(["max_pool", "avg_pool", "gaussian_pool", "learned_pool"]))
+                if padding == 1 and min(k) == 1:
+                    padding = "VALID"  # a pool's padding must stay under its window
                 layer = getattr(fn, pool)(k, stride=s, padding=padding)
                 out = _windowed(shape, k, s, padding, shape[3])
                 count = k[0] * k[1] * shape[3] if pool == "learned_pool" else 0
