@@ -100,11 +100,16 @@ def out_size(n, k, s):
     return (n - k) // s + 1
 
 
-def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1):
+def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs_dilation=1,
+              dims=_DIMS):
     """Cross-correlation y[h, w] = Σ_ij x[h·s + i, w·s + j] · w[i, j] (summed over c_in).
 
     `mode` "valid" or "full" sets the padding ("full" = kh-1, kw-1 on every side) unless
-    explicit `padding` pairs are given.
+    explicit `padding` pairs are given (negative padding crops). `lhs_dilation` dilates x
+    (s−1 zeros between entries, as `dilate`), `rhs_dilation` the kernel. `dims` names the
+    axes of x, w and y (lax's dimension numbers), so the backward formulas can transpose
+    their operands (swap a kernel's in/out channels, let the batch play the channels)
+    without copying them.
     """
     x4, w4, back = _as_4d(x, w)
     kh, kw = w4.shape[:2]
@@ -115,10 +120,10 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1):
             padding = ((kh - 1, kh - 1), (kw - 1, kw - 1))
         else:
             raise LayerError(f"ops.correlate: mode must be 'valid' or 'full', got {mode!r}")
-    s = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    d = (rhs_dilation, rhs_dilation) if isinstance(rhs_dilation, int) else tuple(rhs_dilation)
-    y = lax.conv_general_dilated(x4, w4.astype(x4.dtype), s, padding, rhs_dilation=d,
-                                 dimension_numbers=_DIMS)
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+    y = lax.conv_general_dilated(x4, w4.astype(x4.dtype), pair(stride), padding,
+                                 lhs_dilation=pair(lhs_dilation), rhs_dilation=pair(rhs_dilation),
+                                 dimension_numbers=dims)
     return back(y)
 
 

@@ -9,7 +9,7 @@ import jax
 
 from ..core import Layer, LayerError, check, float_dtype, positive_pair
 from ..initializers import resolve, xavier, zeros
-from ..ops import check_padding, correlate, dilate, out_size, pad_amounts, rot180
+from ..ops import check_padding, correlate, out_size, pad_amounts, rot180
 
 
 def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xavier,
@@ -65,17 +65,18 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xav
         x, w = cache["x"], params["w"]
         (pt, pb), (pl, pr) = pads = pads_for(x.shape)
         h, wd = x.shape[1:3]
-        hp, wp = h + pt + pb, wd + pl + pr
         kh, kw = kernel
-        d = dilate(dy, strides)
-        rh, rw = hp - (d.shape[1] + kh - 1), wp - (d.shape[2] + kw - 1)  # ragged edge
-        full = ((kh - 1, kh - 1 + rh), (kw - 1, kw - 1 + rw))
-        dxp = correlate(d, rot180(w).transpose(0, 1, 3, 2), padding=full)
-        dx = dxp[:, pt:pt + h, pl:pl + wd, :]
-        xp = jax.numpy.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-        # Contract over the batch: batch plays the channel, channels play the batch.
-        dw = correlate(xp.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), padding=((0, 0), (0, 0)),
-                       rhs_dilation=strides)[:, :kh, :kw, :].transpose(1, 2, 0, 3)
+        # Dilation, the channel swap and the crop of the padding are expressed in the
+        # convolution's own arguments (lhs_dilation, dimension numbers, negative padding),
+        # so XLA reads the operands in place instead of copying them first.
+        rh = h + pt + pb - ((dy.shape[1] - 1) * strides[0] + kh)  # ragged edge
+        rw = wd + pl + pr - ((dy.shape[2] - 1) * strides[1] + kw)
+        full_cropped = ((kh - 1 - pt, kh - 1 + rh - pb), (kw - 1 - pl, kw - 1 + rw - pr))
+        dx = correlate(dy, rot180(w), padding=full_cropped, lhs_dilation=strides,
+                       dims=("NHWC", "HWOI", "NHWC"))
+        # Contract over the batch: the batch plays the channel, the channels the batch.
+        dw = correlate(x, dy, padding=pads, rhs_dilation=strides,
+                       dims=("CHWN", "IHWO", "HWNC"))[:kh, :kw]
         return {"w": dw, "b": dy.sum((0, 1, 2))}, dx
 
     return Layer(init, forward, backward, "conv2d", output_shape)
