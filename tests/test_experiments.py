@@ -5,14 +5,10 @@ returns (and wrote to metrics.json) plus the figures it saved.
 """
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-
-from experiments import (cnn, fc_net, gradcheck, graph_net, init_study, losses,  # noqa: E402
+from experiments import (cnn, fc_net, gradcheck, graph_net, init_study, losses,
                          optimizers, regularization, xor)
 
 
