@@ -349,6 +349,32 @@ def write_results(R, args, elapsed, load_before, load_after):
     print(f"\nwrote {path}")
 
 
+def check_pytorch(n=8):
+    """Before timing: PyTorch's nets compute raw JAX's loss and gradients on one batch
+    (both layouts for LeNet), so the peers time the same computation."""
+    for kind in ("mlp", "lenet"):
+        weights = workloads.init_weights(kind, seed=5)
+        x, y = workloads.batch(kind, seed=6, n=n)
+        params, _ = raw_jax.params_from(kind, weights)
+        loss, grads = raw_jax.loss_and_grads(kind, params, jnp.asarray(x), jnp.asarray(y))
+        for cl in ((False, True) if kind == "lenet" else (False,)):
+            net = workloads.torch_model(kind, weights, channels_last=cl)
+            _, loss_and_grads = workloads.torch_step(net, workloads.torch_input(kind, x, cl), y)
+            tloss, tgrads = loss_and_grads()
+            assert abs(tloss - float(loss)) < 1e-5
+            # PyTorch's parameter order is the network's; compare after converting back
+            names = sorted(weights)
+            for (name, (gw, gb)) in zip(names, zip(tgrads[0::2], tgrads[1::2])):
+                if gw.ndim == 4:
+                    gw = gw.transpose(2, 3, 1, 0)
+                else:
+                    gw = gw.T
+                    if name == "d1" and kind == "lenet":  # NCHW rows back to NHWC rows
+                        gw = gw.reshape(16, 5, 5, 120).transpose(1, 2, 0, 3).reshape(400, 120)
+                np.testing.assert_allclose(gw, np.asarray(grads[name]["w"]), rtol=2e-4, atol=2e-6)
+                np.testing.assert_allclose(gb, np.asarray(grads[name]["b"]), rtol=2e-4, atol=2e-6)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and paths (~2 minutes)")
@@ -366,6 +392,7 @@ def main(argv=None):
         torch.manual_seed(0)
     except ImportError:
         sys.exit("benchmarks need PyTorch CPU: pip install torch==2.13.0 (see benchmarks/README.md)")
+    check_pytorch()
     load_before = os.getloadavg()
     t0 = time.time()
     R = {"ceiling": matmul_ceiling(args.repeats)}
