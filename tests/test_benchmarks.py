@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import funcnet as fn
 from benchmarks import lenet_paths, numpy_net, raw_jax, workloads
