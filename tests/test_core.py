@@ -10,20 +10,13 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from funcnet.core import param_paths
-
-POOL = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1 << 14,)), np.float64)
-
-
-def normal(seed, shape):
-    size = math.prod(shape)
-    start = seed % (POOL.size - size)
-    return POOL[start:start + size].reshape(shape)
+from tests import reference
+from tests.reference import normal
 
 
 def pool_init(seed):
-    """Weights from the pool: where the values do not matter, this spares compiling the
-    random generator for every weight shape."""
-    return lambda key, shape, dtype=jnp.float32: jnp.asarray(0.5 * normal(seed, shape), dtype)
+    """Half-scale weights from the pool keep deep stacks' activations moderate."""
+    return reference.pool_init(seed, scale=0.5)
 
 
 # --- hypothesis-drawn deep stacks: the shapes written out independently ------------------

@@ -10,14 +10,7 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from funcnet import ops
-
-POOL = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1 << 14,)), np.float64)
-
-
-def normal(seed, shape):
-    size = math.prod(shape)
-    start = seed % (POOL.size - size)
-    return POOL[start:start + size].reshape(shape)
+from tests.reference import normal
 
 
 def full_convolution(x, k):

@@ -10,37 +10,7 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from funcnet import initializers
-
-# Standard normal numbers from one fixed jax.random draw: slicing this pool avoids
-# compiling the random generator again for every shape hypothesis draws.
-POOL = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1 << 14,)), np.float64)
-
-
-def normal(seed, shape):
-    size = math.prod(shape)
-    start = seed % (POOL.size - size)
-    return POOL[start:start + size].reshape(shape)
-
-
-def pool_init(seed):
-    """An initializer that fills any shape from the pool (the layer still picks the shape)."""
-    return lambda key, shape, dtype=jnp.float32: jnp.asarray(normal(seed, shape), dtype)
-
-
-def resolve_pads(padding, in_hw, kernel, stride):
-    """The padding spec as ((top, bottom), (left, right)), written out independently.
-    "SAME": output ceil(n / s), the odd extra row/column at the bottom/right (TensorFlow)."""
-    if padding == "VALID":
-        return ((0, 0), (0, 0))
-    if padding == "SAME":
-        out = []
-        for n, k, s in zip(in_hw, kernel, stride):
-            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
-            out.append((total // 2, total - total // 2))
-        return tuple(out)
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    return tuple(tuple(p) for p in padding)
+from tests.reference import normal, pool_init, resolve_pads
 
 
 def conv_reference(x, w, b, stride, pads):

@@ -9,18 +9,7 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from funcnet import initializers
-
-POOL = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1 << 14,)), np.float64)
-
-
-def normal(seed, shape):
-    size = math.prod(shape)
-    start = seed % (POOL.size - size)
-    return POOL[start:start + size].reshape(shape)
-
-
-def pool_init(seed):
-    return lambda key, shape, dtype=jnp.float32: jnp.asarray(normal(seed, shape), dtype)
+from tests.reference import normal, pool_init
 
 
 @given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 5), fan_in=st.integers(1, 8),

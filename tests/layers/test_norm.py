@@ -9,14 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import funcnet as fn
-
-POOL = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1 << 14,)), np.float64)
-
-
-def normal(seed, shape):
-    size = math.prod(shape)
-    start = seed % (POOL.size - size)
-    return POOL[start:start + size].reshape(shape)
+from tests.reference import normal
 
 
 def bn_reference(x, gamma, beta, mean, var, eps):

@@ -9,31 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import funcnet as fn
-
-# Standard normal numbers from one fixed jax.random draw: slicing this pool avoids
-# compiling the random generator again for every shape hypothesis draws.
-POOL = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1 << 14,)), np.float64)
-
-
-def normal(seed, shape):
-    size = math.prod(shape)
-    start = seed % (POOL.size - size)
-    return POOL[start:start + size].reshape(shape)
-
-
-def resolve_pads(padding, in_hw, window, stride):
-    """((top, bottom), (left, right)); "SAME" = output ceil(n / s), extra at the end."""
-    if padding == "VALID":
-        return ((0, 0), (0, 0))
-    if padding == "SAME":
-        out = []
-        for n, k, s in zip(in_hw, window, stride):
-            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
-            out.append((total // 2, total - total // 2))
-        return tuple(out)
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    return tuple(tuple(p) for p in padding)
+from tests.reference import normal, resolve_pads
 
 
 def gaussian_weights(window, sigma):
