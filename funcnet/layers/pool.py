@@ -75,7 +75,7 @@ def max_pool(window, stride=None, padding="VALID") -> Layer:
 
     def cells_forward(params, cells):
         idx = jnp.argmax(cells, axis=-1)  # first maximum in row-major order: ties are deterministic
-        # The arg-max cell picked by a select, not a gather: jax.grad of a select is a select
+        # The arg-max cell picked by a select, not a gather: autodiff of a select is a select
         # (the same first-arg-max rule as the backward), where a gather's is a slow scatter.
         hit = idx[..., None] == jnp.arange(cells.shape[-1])
         return jnp.sum(jnp.where(hit, cells, 0), axis=-1), {"idx": idx}
