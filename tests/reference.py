@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import strategies as st
 
 # Standard normal numbers from one fixed jax.random draw: slicing this pool avoids
 # compiling the random generator again for every shape hypothesis draws.
@@ -37,3 +38,9 @@ def resolve_pads(padding, in_hw, window, stride):
     if isinstance(padding, int):
         return ((padding, padding), (padding, padding))
     return tuple(tuple(p) for p in padding)
+
+
+# hypothesis strategies for a window / kernel / stride given as an int or a pair
+pair = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))
+int_or_pair = lambda lo, hi: st.one_of(st.integers(lo, hi), pair(lo, hi))
+as_pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from funcnet import initializers
-from tests.reference import normal, pool_init, resolve_pads
+from tests.reference import as_pair, int_or_pair, normal, pair, pool_init, resolve_pads
 
 
 def conv_reference(x, w, b, stride, pads):
@@ -29,11 +29,8 @@ def conv_reference(x, w, b, stride, pads):
     return out
 
 
-pair = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))
-int_or_pair = lambda lo, hi: st.one_of(st.integers(lo, hi), pair(lo, hi))
 paddings = st.one_of(st.just("VALID"), st.just("SAME"), st.integers(0, 2),
                      st.tuples(pair(0, 2), pair(0, 2)))
-as_pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
 
 
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.integers(1, 7),

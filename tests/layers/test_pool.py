@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import funcnet as fn
-from tests.reference import normal, resolve_pads
+from tests.reference import as_pair, int_or_pair, normal, pair, resolve_pads
 
 
 def gaussian_weights(window, sigma):
@@ -44,11 +44,8 @@ def pool_reference(x, kind, window, stride, pads, sigma=1.0, w=None):
     return out
 
 
-pair = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))
-int_or_pair = lambda lo, hi: st.one_of(st.integers(lo, hi), pair(lo, hi))
 paddings = st.one_of(st.just("VALID"), st.just("SAME"), st.integers(0, 1),
                      st.tuples(pair(0, 1), pair(0, 1)))
-as_pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
 
 
 def make(kind, window, stride, padding, sigma=1.0, seed=0):
