@@ -17,26 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-
-class FuncnetError(ValueError):
-    """Base class of funcnet's errors about user input."""
-
-
-class LayerError(FuncnetError):
-    """A layer was given an input, hyperparameter or parameter it cannot take.
-
-    `where` lists the layers from the outermost serial inwards, e.g.
-    ["layer 3 (serial)", "layer 1 (dense)"], so nested models give a full path.
-    """
-
-    def __init__(self, message: str, where: Sequence[str] = ()):
-        self.message = message
-        self.where = tuple(where)
-        prefix = " > ".join(self.where)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
-
-    def inside(self, label: str) -> "LayerError":
-        return LayerError(self.message, (label,) + self.where)
+from .errors import FuncnetError, LayerError
 
 
 class Layer(NamedTuple):
@@ -63,30 +44,6 @@ class Layer(NamedTuple):
         if self.layers:
             return f"serial({', '.join(repr(l) for l in self.layers)})"
         return self.name
-
-
-def float_dtype(dtype):
-    """The dtype parameters are created in: float32 unless asked otherwise."""
-    return jnp.float32 if dtype is None else jnp.dtype(dtype)
-
-
-def check(condition: bool, message: str):
-    """Raise a LayerError with `message` unless `condition` holds."""
-    if not condition:
-        raise LayerError(message)
-
-
-def positive_pair(value, what: str, layer: str) -> Tuple[int, int]:
-    """Normalize an int or a pair to a pair of positive ints, failing at construction."""
-    try:  # a float or None is not iterable: report it like any other bad value
-        pair = (value, value) if isinstance(value, int) else tuple(value)
-    except TypeError:
-        pair = ()
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise LayerError(f"{layer}: {what} must be an int or a pair of ints, got {value!r}")
-    if min(pair) <= 0:
-        raise LayerError(f"{layer}: {what} must be positive, got {value!r}")
-    return pair
 
 
 def infer_output_shape(layer: Layer, input_shape, params=None, state=None):

@@ -7,7 +7,8 @@ convolution with the kernel rotated by 180 degrees; the two are the same functio
 """
 import jax
 
-from ..core import Layer, LayerError, check, float_dtype, positive_pair
+from .._validate import as_int, check, float_dtype, positive_pair
+from ..core import Layer, LayerError
 from ..initializers import resolve, xavier, zeros
 from ..ops import check_padding, correlate, out_size, pad_amounts, rot180
 
@@ -19,8 +20,7 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xav
     `padding`: "VALID", "SAME" (output ceil(in / stride)), an int, or
     ((top, bottom), (left, right)).
     """
-    if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels <= 0:
-        raise LayerError(f"conv2d: out_channels must be a positive int, got {out_channels!r}")
+    out_channels = as_int(out_channels, "out_channels", "conv2d")
     kernel = positive_pair(kernel_size, "kernel_size", "conv2d")
     strides = positive_pair(stride, "stride", "conv2d")
     check_padding(padding, "conv2d")

@@ -1,5 +1,6 @@
 """Fully-connected (affine) layer: y = x W + b, with x of shape (batch, features)."""
-from ..core import Layer, LayerError, check, float_dtype
+from .._validate import as_int, check, float_dtype
+from ..core import Layer, LayerError
 from ..initializers import resolve, xavier, zeros
 import jax
 
@@ -10,8 +11,7 @@ def dense(out: int, w_init=xavier, b_init=zeros) -> Layer:
     `w_init` is an initializer or a number (the std of Gaussian weights, cs231n's
     weight_scale); Xavier by default. Biases start at zero.
     """
-    if not isinstance(out, int) or isinstance(out, bool) or out <= 0:
-        raise LayerError(f"dense: out must be a positive int, got {out!r}")
+    out = as_int(out, "out", "dense")
     w_init, b_init = resolve(w_init, "dense", "w_init"), resolve(b_init, "dense", "b_init")
 
     def output_shape(shape):

@@ -4,7 +4,8 @@ import math
 
 import jax.numpy as jnp
 
-from ..core import Layer, LayerError, check, float_dtype
+from .._validate import check, float_dtype
+from ..core import Layer, LayerError
 
 
 def batch_norm(momentum=0.9, eps=1e-5) -> Layer:

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import Layer, LayerError, check, float_dtype, positive_pair
+from .._validate import check, float_dtype, positive_pair
+from ..core import Layer, LayerError
 from ..initializers import resolve
 from ..ops import check_padding, out_size, pad_amounts, scatter_windows, windows
 

@@ -3,7 +3,8 @@ import math
 
 import jax.numpy as jnp
 
-from ..core import Layer, check
+from .._validate import check
+from ..core import Layer
 
 
 def _output_shape(shape):

@@ -1,0 +1,64 @@
+"""Argument checks shared by every module: one way to check an int, a pair, a condition.
+
+Private to the package: layers, training and data import these; users never need them.
+NumPy integers are accepted wherever a Python int is (`operator.index`), bools are not.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Tuple
+
+import jax.numpy as jnp
+
+from .errors import LayerError
+
+__all__ = ["check", "as_int", "positive_pair", "float_dtype"]
+
+
+def check(condition: bool, message: str):
+    """Raise a LayerError with `message` unless `condition` holds."""
+    if not condition:
+        raise LayerError(message)
+
+
+def as_int(value, what: str, where: str, *, minimum: int = 1, error=LayerError) -> int:
+    """`value` as a Python int >= `minimum` (any integer type but bool), else `error`
+    naming `where` and `what`: "dense: out must be a positive int, got 2.5"."""
+    ok = _is_int(value)
+    value = operator.index(value) if ok else value
+    if not ok or value < minimum:
+        kind = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+        raise error(f"{where}: {what} must be {kind}, got {value!r}")
+    return value
+
+
+def positive_pair(value, what: str, where: str) -> Tuple[int, int]:
+    """An int or a pair of ints, each >= 1, as a pair of Python ints."""
+    if _is_int(value):
+        pair = (value, value)
+    else:
+        try:  # a float or None is not iterable: report it like any other bad value
+            pair = tuple(value)
+        except TypeError:
+            pair = ()
+    if len(pair) != 2 or not all(_is_int(v) for v in pair):
+        raise LayerError(f"{where}: {what} must be an int or a pair of ints, got {value!r}")
+    if min(operator.index(v) for v in pair) <= 0:
+        raise LayerError(f"{where}: {what} must be positive, got {value!r}")
+    return tuple(operator.index(v) for v in pair)
+
+
+def _is_int(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+        return True
+    except TypeError:
+        return False
+
+
+def float_dtype(dtype):
+    """The dtype parameters are created in: float32 unless asked otherwise."""
+    return jnp.float32 if dtype is None else jnp.dtype(dtype)
+
