@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import funcnet
 from funcnet import FuncnetError
 from funcnet import checkpoint as ck
 from funcnet.checkpoint import CheckpointError, CheckpointMismatchError
@@ -389,3 +390,39 @@ def test_save_step_argument_errors(tmp_path):
             ck.save_step(tmp_path, 1, {}, keep=bad)
     assert ck.save_step(tmp_path, np.int64(4), {}) == str(tmp_path / "ckpt_00000004.npz")
     assert issubclass(CheckpointError, FuncnetError)
+
+
+# ----------------------------------------------------------------------------- old files
+
+def _leaf_sums(tree):
+    """{key path: float64 sum} of every non-str leaf (typed keys through their key data)."""
+    def total(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        return float(np.sum(np.asarray(leaf, dtype=np.float64)))
+
+    return {jax.tree_util.keystr(p): total(leaf)
+            for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0] if not isinstance(leaf, str)}
+
+
+def test_a_file_written_by_the_first_version_still_restores():
+    """tests/data/checkpoint_v1.npz was written by the checkpoint code of commit 1751940:
+    a TrainState (dense, batch_norm, adam, one step) and one leaf of every other kind, with
+    each leaf's sum in its metadata."""
+    path = os.path.join(os.path.dirname(__file__), "data", "checkpoint_v1.npz")
+    sums = ck.read_metadata(path)["sums"]
+    model = funcnet.serial(funcnet.dense(4), funcnet.batch_norm(), funcnet.relu, funcnet.dense(2))
+    like = {"train": funcnet.train.init_train_state(model, optax.adam(1e-2), (3, 5), jax.random.PRNGKey(0)),
+            "extras": [None, "", 0, 0.0, False, jax.random.key(0), jnp.zeros(3, jnp.bfloat16),
+                       (np.int64(0), np.zeros((0, 2)))],
+            "weird/key %": np.zeros(2, np.int16)}
+    restored = ck.restore(path, like=like)
+    plain = ck.restore(path)
+    assert _leaf_sums(restored) == sums == _leaf_sums(plain)
+    assert type(restored["train"]) is funcnet.train.TrainState
+    assert restored["extras"][:5] == plain["extras"][:5] == [None, "text", 3, 2.5, True]
+    assert restored["extras"][6].dtype == jnp.bfloat16 == plain["extras"][6].dtype
+    assert jax.dtypes.issubdtype(restored["extras"][5].dtype, jax.dtypes.prng_key)
+    assert type(plain["train"]).__name__ == "TrainState" and plain["train"]._fields == like["train"]._fields
+    for a, b in zip(jax.tree_util.tree_leaves(restored["train"]), jax.tree_util.tree_leaves(plain["train"])):
+        assert np.array_equal(np.asarray(a), b) and np.asarray(a).dtype == b.dtype
