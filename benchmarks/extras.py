@@ -96,7 +96,7 @@ def time_to_97_funcnet(data, seed):
     t_start = time.perf_counter()
     ts = jax.jit(lambda k: fn.train.init_train_state(model, opt, (BATCH, 64), k))(
         jax.random.PRNGKey(seed))
-    step = fn.train.make_step(model, fn.losses.softmax_cross_entropy, opt)
+    step = fn.train.make_step(model, opt, fn.losses.softmax_cross_entropy)
     predict = jax.jit(lambda p, s, x: jnp.argmax(model.apply(p, s, x)[0], -1))
     # One compiled call per epoch: the jitted step scanned over the epoch's batches.
     run_epoch = jax.jit(lambda t, xb, yb: jax.lax.scan(lambda c, b: step(c, *b), t, (xb, yb))[0])

@@ -43,7 +43,7 @@ def run(model, optimizer, batch_size, data, *, steps, eval_every, init_key, data
     loss = fn.losses.softmax_cross_entropy
     k_init, k_data = init_key, data_key
     ts = fn.train.init_train_state(model, optimizer, (batch_size,) + x.shape[1:], k_init)
-    step = fn.train.make_step(model, loss, optimizer)
+    step = fn.train.make_step(model, optimizer, loss)
     step = step.lower(ts, x[:batch_size], y[:batch_size]).compile()  # compile off the clock
     rng = np.random.default_rng(np.asarray(k_data))
     order, pos = rng.permutation(len(x)), 0

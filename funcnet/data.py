@@ -37,11 +37,12 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from ._validate import as_int
 from .checkpoint import atomic_write
-from .core import FuncnetError
+from .errors import FuncnetError
 
 __all__ = ["DataError", "DATASETS", "SCALES", "load", "split", "load_idx", "read_idx",
-           "write_idx", "batches", "num_batches", "scale_images"]
+           "write_idx", "batches", "num_batches", "shuffle", "scale_images"]
 
 
 class DataError(FuncnetError):
@@ -86,9 +87,7 @@ def _check_fraction(test_fraction):
 
 
 def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
+    return as_int(seed, "seed", "data", minimum=0, error=DataError)
 
 
 # ----------------------------------------------------------------------------- split
@@ -360,30 +359,30 @@ def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int
     return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
+def shuffle(key, n: int) -> np.ndarray:
+    """The order in which to visit n examples for a `jax.random` key: the NumPy array
+    `jax.random.permutation(key, n)`. `batches(..., key=key)` and `fit` (epoch by epoch)
+    both shuffle with it."""
+    import jax
+    return np.asarray(jax.random.permutation(key, n))
+
+
 def batches(x, y, batch_size: int, *, key=None, drop_remainder: bool = False) -> Iterator:
     """Yield (xb, yb) NumPy slices of `batch_size` examples along the first axis.
 
-    With a `jax.random` key the order is `jax.random.permutation(key, N)` (a fresh key per
-    epoch gives a fresh shuffle); without, the data's order. The last batch is partial
-    unless `drop_remainder`. `y` may be None (then yb is None).
+    With a `jax.random` key the order is `shuffle(key, N)` (a fresh key per epoch gives a
+    fresh shuffle); without, the data's order. The last batch is partial unless
+    `drop_remainder`. `y` may be None (then yb is None).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = as_int(batch_size, "batch_size", "batches", error=DataError)
     x = np.asarray(x)
     n = len(x)
     if y is not None:
         y = np.asarray(y)
         if len(y) != n:
             raise DataError(f"batches: x has {n} examples but y has {len(y)}")
-    order = None
-    if key is not None:
-        import jax
-        order = np.asarray(jax.random.permutation(key, n))
-    stop = n - n % batch_size if drop_remainder else n
-    for start in range(0, stop, batch_size):
-        if order is None:
-            sl = slice(start, min(start + batch_size, n))
-            yield x[sl], (None if y is None else y[sl])
-        else:
-            idx = order[start:start + batch_size]
-            yield x[idx], (None if y is None else y[idx])
+    order = np.arange(n) if key is None else shuffle(key, n)
+    for start in range(0, num_batches(n, batch_size, drop_remainder=drop_remainder) * batch_size,
+                       batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], (None if y is None else y[idx])

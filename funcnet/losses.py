@@ -12,11 +12,14 @@ import numpy as np
 from .core import FuncnetError
 
 
-def _with_grad(grad):
-    """Attach the hand-derived gradient to a loss as `loss.grad`."""
+def _with_grad(grad, task=None):
+    """Attach the hand-derived gradient to a loss as `loss.grad`, and the task it serves
+    ("classification", "binary", "regression"; it picks fit's metrics) as `loss.task`."""
 
     def attach(loss):
         loss.grad = grad
+        if task is not None:
+            loss.task = task
         return loss
 
     return attach
@@ -53,7 +56,7 @@ def _softmax_ce_grad(logits, labels):
     return (jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(labels, k, dtype=logits.dtype)) / n
 
 
-@_with_grad(_softmax_ce_grad)
+@_with_grad(_softmax_ce_grad, "classification")
 def softmax_cross_entropy(logits, labels):
     """L = −(1/N) Σ_n log softmax(z_n)[y_n], with integer labels y."""
     check_labels(jnp.shape(logits), labels)
@@ -72,7 +75,7 @@ def _bce_grad(logits, labels):
     return (jax.nn.sigmoid(logits) - labels) / logits.shape[0]
 
 
-@_with_grad(_bce_grad)
+@_with_grad(_bce_grad, "binary")
 def binary_cross_entropy(logits, labels):
     """L = (1/N) Σ_n Σ [softplus(z) − y z], the cross-entropy of σ(z) against y ∈ [0, 1],
     written to stay finite for |z| in the thousands (log σ(z) = −softplus(−z))."""
@@ -86,7 +89,7 @@ def _mse_grad(pred, target):
     return 2.0 * (pred - target) / pred.size
 
 
-@_with_grad(_mse_grad)
+@_with_grad(_mse_grad, "regression")
 def mse(pred, target):
     """Mean squared error (1/n) Σ (ŷ − y)² over all n elements."""
     _check_same_shape(pred, target, "mse")
@@ -98,7 +101,7 @@ def _mae_grad(pred, target):
     return jnp.sign(pred - target) / pred.size
 
 
-@_with_grad(_mae_grad)
+@_with_grad(_mae_grad, "regression")
 def mae(pred, target):
     """Mean absolute error (1/n) Σ |ŷ − y|."""
     _check_same_shape(pred, target, "mae")
@@ -111,7 +114,7 @@ def _rmse_grad(pred, target):
     return (pred - target) / (pred.size * r)
 
 
-@_with_grad(_rmse_grad)
+@_with_grad(_rmse_grad, "regression")
 def rmse(pred, target):
     """Root mean squared error √((1/n) Σ (ŷ − y)²)."""
     _check_same_shape(pred, target, "rmse")

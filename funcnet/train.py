@@ -16,25 +16,31 @@ set). Gradients are `jax.grad` of the model's `apply`; wrap the model in
 `fn.with_manual_grads` to train on the hand-derived backward formulas instead.
 
 Reproducibility: `fit(key=k)` splits k into (init, data, step) keys. Epoch e visits the
-examples in the order `batch_order(k, e, N)` = permutation(fold_in(data key, e), N), and
+examples in the order `batch_order(k, e, N)` = `fn.data.shuffle(fold_in(data key, e), N)`
+(the order `fn.data.batches` shuffles in), and
 each step splits the TrainState's key for its dropout masks, so a run is a pure function of
 its inputs: a run resumed from a checkpoint continues bit for bit as if never stopped.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Optional
+import warnings
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from . import checkpoint as ckpt
+from . import data as data_mod
 from . import losses as losses_mod
 from . import parallel
-from .core import FuncnetError, LayerError, Layer
+from ._validate import as_int
+from .core import FuncnetError, Layer, LayerError
 
 __all__ = ["TrainState", "NonFiniteLossError", "History", "init_train_state", "make_step",
            "evaluate", "fit", "batch_order"]
@@ -126,17 +132,37 @@ def _raw_key(key, where):
     return key
 
 
+def _is_optimizer(x) -> bool:
+    return hasattr(x, "init") and hasattr(x, "update")
+
+
 def _check_optimizer(optimizer, where):
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+    if not _is_optimizer(optimizer):
         raise FuncnetError(f"{where}: optimizer must be an optax GradientTransformation (with init "
                            f"and update), e.g. optax.sgd(0.1), got {optimizer!r}")
 
 
+TASKS = ("classification", "binary", "regression")
+
+
+def _unwrap(loss):
+    """The function under any functools.partial layers."""
+    while isinstance(loss, functools.partial):
+        loss = loss.func
+    return loss
+
+
 def _task(loss, y_dtype, out_ndim):
-    """"binary" (binary_cross_entropy), "classification" (integer labels and (batch, classes)
-    outputs) or "regression"; it decides which metrics are reported."""
-    if loss is losses_mod.binary_cross_entropy:
-        return "binary"
+    """"classification", "binary" or "regression": it decides which metrics are reported.
+
+    A loss names its task in a `task` attribute (fn.losses' do; functools.partial is seen
+    through); without one, integer labels with (batch, classes) outputs are classification
+    and anything else regression."""
+    task = getattr(loss, "task", None) or getattr(_unwrap(loss), "task", None)
+    if task is not None:
+        if task not in TASKS:
+            raise FuncnetError(f"loss.task must be one of {', '.join(TASKS)}, got {task!r}")
+        return task
     if jnp.issubdtype(y_dtype, jnp.integer) and out_ndim == 2:
         return "classification"
     return "regression"
@@ -161,12 +187,18 @@ def _check_l2(l2, where):
 # ----------------------------------------------------------------------------- the step
 
 def init_train_state(model: Layer, optimizer, input_shape, key, *, dtype=None) -> TrainState:
-    """A fresh TrainState: `model.init` from one half of `key`, the other half for steps."""
+    """A fresh TrainState: `model.init` from one half of `key`, the other half for steps.
+    model.init and optimizer.init run as one compiled program (not dozens of small ones)."""
     _check_optimizer(optimizer, "init_train_state")
     k_init, k_step = jax.random.split(_raw_key(key, "init_train_state"))
     init = _jitted_init(model, optimizer, tuple(input_shape), dtype)
     jax.eval_shape(init, k_init, k_step)  # shape errors (LayerError) before compiling
     return init(k_init, k_step)
+
+
+def _new_train_state(optimizer, params, state, k_step) -> TrainState:
+    """The one place a TrainState is put together: step 0, the optimizer's fresh state."""
+    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), k_step)
 
 
 # Compiled functions, reused while the same model, loss and optimizer objects come back
@@ -192,9 +224,7 @@ def _jitted_init(model, optimizer, input_shape, dtype):
 
     def build():
         def init(k_init, k_step):
-            params, state = model.init(k_init, input_shape, dtype)
-            return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32),
-                              k_step)
+            return _new_train_state(optimizer, *model.init(k_init, input_shape, dtype), k_step)
 
         return jax.jit(init)
 
@@ -213,7 +243,7 @@ def _step_function(model: Layer, loss, optimizer, l2):
 
         (_, (value, out, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(ts.params)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = jax.tree_util.tree_map(lambda p, u: (p + u).astype(p.dtype), ts.params, updates)
+        params = optax.apply_updates(ts.params, updates)
         metrics = {"loss": value}
         task = _task(loss, y.dtype, out.ndim)
         if task != "regression":
@@ -223,8 +253,11 @@ def _step_function(model: Layer, loss, optimizer, l2):
     return step
 
 
-def make_step(model: Layer, loss, optimizer, *, l2: float = 0.0, mesh=None, donate: bool = True):
+def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, donate: bool = True):
     """A jit-compiled, pure update `step(train_state, x, y) -> (train_state, metrics)`.
+
+    The arguments come in fit's order (model, optimizer, loss); the older order
+    make_step(model, loss, optimizer) still works, with a DeprecationWarning.
 
     It splits the state's key (one half for this step's dropout masks, one carried on),
     computes the loss of `model.apply(..., train=True)` plus the L2 penalty ½ λ Σ w²
@@ -239,6 +272,11 @@ def make_step(model: Layer, loss, optimizer, *, l2: float = 0.0, mesh=None, dona
     (`fn.parallel.make_mesh`), the step is compiled for data parallelism: train_state
     replicated, x and y sharded along the batch (see `fn.parallel`).
     """
+    if _is_optimizer(loss) and not _is_optimizer(optimizer):
+        warnings.warn("make_step(model, loss, optimizer) is deprecated; pass "
+                      "make_step(model, optimizer, loss), the order fit uses",
+                      DeprecationWarning, stacklevel=2)
+        optimizer, loss = loss, optimizer
     _check_optimizer(optimizer, "make_step")
     _check_l2(l2, "make_step")
     if not callable(loss):
@@ -294,8 +332,7 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     """
     x, y = np.asarray(x), np.asarray(y)
     n = _check_pair(x, y, "evaluate")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise FuncnetError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
+    batch_size = as_int(batch_size, "batch_size", "evaluate", error=FuncnetError)
     loss = _default_loss(y) if loss is None else loss
     out_shape = _output_shape(model, params, state, x.shape, "evaluate")
     task = _task(loss, y.dtype, len(out_shape))
@@ -323,7 +360,7 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     else:
         mse = totals["sq"] / totals["elements"]
         result.update(mse=mse, mae=totals["abs"] / totals["elements"], rmse=math.sqrt(mse))
-        if loss is losses_mod.rmse:  # rmse is not a mean of per-example values
+        if _unwrap(loss) is losses_mod.rmse:  # rmse is not a mean of per-example values
             result["loss"] = result["rmse"]
     return result
 
@@ -377,19 +414,190 @@ def batch_order(key, epoch: int, n: int) -> np.ndarray:
     """The order in which `fit(key=key)` visits the n training examples in epoch `epoch`
     (0-based). Epoch e's batch b is examples order[b·B : (b+1)·B].
 
-    It is NumPy's PCG64 permutation seeded by (the data key's two words, e): a pure function
-    of key and epoch, stable across platforms, computed on the host (no compilation). The
-    data key is the second of jax.random.split(key, 3)."""
-    data_key = jax.random.split(_raw_key(key, "batch_order"), 3)[1]
-    return _order(np.asarray(data_key), epoch, n)
+    It is `fn.data.shuffle(fold_in(data key, e), n)`, the order `fn.data.batches` shuffles
+    in: a pure function of key and epoch. The data key is the second of
+    jax.random.split(key, 3)."""
+    data_key = _fit_keys(_raw_key(key, "batch_order"))[0]
+    return data_mod.shuffle(jax.random.fold_in(data_key, epoch), n)
 
 
-def _order(data_key: np.ndarray, epoch: int, n: int) -> np.ndarray:
-    seed = np.random.SeedSequence([int(v) for v in data_key.ravel()] + [int(epoch)])
-    return np.random.default_rng(seed).permutation(n)
+# ----------------------------------------------------------------------------- fit: settings
+
+class _Settings(NamedTuple):
+    """fit's arguments, checked and resolved before anything is compiled."""
+
+    x: np.ndarray
+    y: np.ndarray
+    val: Optional[Tuple[np.ndarray, np.ndarray]]
+    loss: Callable
+    batch_size: int            # min(batch_size, N)
+    steps_per_epoch: int
+    budget: float              # the step count to stop at (math.inf: no steps= budget)
+    epochs: Optional[int]
+    key: jax.Array             # the raw fit key, split into (init, data, step) keys
+    mesh: Any                  # a Mesh for data parallelism, or None
+    signature: dict            # what a checkpoint must have been written with to resume
 
 
-# ----------------------------------------------------------------------------- the loop
+def _fit_settings(optimizer, train_data, *, loss, epochs, steps, batch_size, key, val_data,
+                  l2, checkpoint_every, devices, drop_remainder, sync_every, target_loss,
+                  where="fit") -> _Settings:
+    _check_optimizer(optimizer, where)
+    _check_l2(l2, where)
+    x, y = _pair_of_arrays(train_data, "train_data", where)
+    n = _check_pair(x, y, where)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    epochs, steps, checkpoint_every = (
+        None if v is None else as_int(v, name, where, minimum=0, error=FuncnetError)
+        for name, v in (("epochs", epochs), ("steps", steps), ("checkpoint_every", checkpoint_every)))
+    if epochs is None and steps is None:
+        raise FuncnetError(f"{where}: give a budget: epochs=... and/or steps=...")
+    bs = min(as_int(batch_size, "batch_size", where, error=FuncnetError), n)
+    sync_ok = not isinstance(sync_every, bool) and isinstance(sync_every, (int, np.integer))
+    if not sync_ok or not 1 <= sync_every <= 16:
+        raise FuncnetError(f"{where}: sync_every must be an int in [1, 16], got {sync_every!r}")
+    if target_loss is not None and not isinstance(target_loss, (int, float)):
+        raise FuncnetError(f"{where}: target_loss must be a number, got {target_loss!r}")
+    if checkpoint_every == 0:
+        raise FuncnetError(f"{where}: checkpoint_every must be a positive number of steps")
+    if drop_remainder and n % bs and n < bs:
+        raise FuncnetError(f"{where}: drop_remainder with {n} examples < batch size {bs}")
+    per_epoch = data_mod.num_batches(n, bs, drop_remainder=drop_remainder)
+    loss = _default_loss(y) if loss is None else loss
+    if not callable(loss):
+        raise FuncnetError(f"{where}: loss must be a function (pred, target) -> scalar, got {loss!r}")
+    val = None
+    if val_data is not None:
+        val = _pair_of_arrays(val_data, "val_data", where)
+        _check_pair(*val, "fit (val_data)")
+        if val[0].shape[1:] != x.shape[1:]:
+            raise FuncnetError(f"{where}: val_data inputs have shape (batch,) + {val[0].shape[1:]}, "
+                               f"the training inputs (batch,) + {x.shape[1:]}")
+    key = _raw_key(key, where)
+    mesh = None if devices is None else _data_parallel_mesh(devices, n, bs, drop_remainder, where)
+    budget = min(epochs * per_epoch if epochs is not None else math.inf,
+                 steps if steps is not None else math.inf)
+    signature = {"examples": n, "batch_size": bs, "drop_remainder": bool(drop_remainder),
+                 "key": [int(v) for v in np.asarray(key)]}
+    return _Settings(x, y, val, loss, bs, per_epoch, budget, epochs, key, mesh, signature)
+
+
+def _pair_of_arrays(pair, what, where):
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise FuncnetError(f"{where}: {what} must be a pair (x, y), got {type(pair).__name__}")
+    return tuple(np.asarray(a) for a in pair)
+
+
+def _data_parallel_mesh(devices, n, bs, drop_remainder, where):
+    mesh = parallel.make_mesh(devices)
+    parallel.check_batch_size(bs, mesh, where)
+    if not drop_remainder and n % bs and (n % bs) % parallel.mesh_size(mesh):
+        raise FuncnetError(
+            f"{where}: the last batch of each epoch has {n % bs} examples ({n} = "
+            f"{n // bs}·{bs} + {n % bs}), which cannot be split evenly over "
+            f"{parallel.mesh_size(mesh)} devices; pass drop_remainder=True or choose a "
+            f"batch size whose remainder divides")
+    return mesh
+
+
+def _starting_point(model, optimizer, settings, initial, dtype, where):
+    """(train_state or None, like): the state to start from (None: build it after the
+    checks) and a tree of its shapes, which the checks and a resume read."""
+    _, k_init, k_step = _fit_keys(settings.key)
+    if initial is None:
+        shape = (settings.batch_size,) + settings.x.shape[1:]
+        try:  # shapes only: nothing is compiled until the inputs are known to fit
+            return None, jax.eval_shape(_jitted_init(model, optimizer, shape, dtype), k_init, k_step)
+        except LayerError as e:
+            raise LayerError(f"{where}: the model does not take inputs of shape (batch,) + "
+                             f"{settings.x.shape[1:]}: {e}") from None
+    if not isinstance(initial, TrainState):
+        initial = _new_train_state(optimizer, *initial, k_step)
+    # Our own copy (through the host): the step donates its input buffers, so it must
+    # never be handed the caller's arrays.
+    ts = jax.device_put(jax.device_get(initial))
+    return ts, ts
+
+
+def _check_model_fits(model, like, settings, where) -> str:
+    """The task (see `_task`), after checking the data against the model's output."""
+    out_shape = _output_shape(model, like.params, like.state, settings.x.shape, where)
+    task = _task(settings.loss, settings.y.dtype, len(out_shape))
+    _check_targets(settings.y, out_shape, task, where)
+    if settings.val is not None:
+        _check_targets(settings.val[1], out_shape, task, "fit (val_data)")
+    return task
+
+
+def _fit_keys(key):
+    """(data key, init key, step key) of fit's key."""
+    k_init, k_data, k_step = jax.random.split(key, 3)
+    return k_data, k_init, k_step
+
+
+# ----------------------------------------------------------------------------- fit: checkpoints
+
+def _empty_sums():
+    return {"loss": 0.0, "accuracy": 0.0, "count": 0, "seconds": 0.0}
+
+
+class _Checkpoints:
+    """fit's checkpoints: where (None: none), how often, how many to keep, and the last good one."""
+
+    def __init__(self, directory, every, keep, signature, where):
+        self.directory, self.every, self.keep = directory, every, keep
+        self.signature, self.where = signature, where
+        self.last = None
+
+    def resume(self, like):
+        """(train_state, history, the partial epoch's sums) from the newest checkpoint, if any."""
+        path = None if self.directory is None else ckpt.latest(self.directory)
+        if path is None:
+            return None
+        meta = ckpt.read_metadata(path)
+        saved = meta.get("fit", {})
+        differ = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in self.signature.items()
+                  if saved.get(k) != v]
+        if differ:
+            raise FuncnetError(f"{self.where}: cannot resume from {path}: it was written by a run "
+                               f"with other settings ({'; '.join(differ)}); use another "
+                               f"checkpoint_dir or the same settings")
+        ts = ckpt.restore(path, like=like)
+        self.last = path
+        return ts, History(meta.get("history", [])), dict(_empty_sums(), **meta.get("partial", {}))
+
+    def due(self, step, *, epoch_end):
+        """Whether to save after `step`: every `every` steps, or after each epoch by default."""
+        if self.directory is None:
+            return False
+        if epoch_end:
+            return not self.every or step % self.every == 0
+        return bool(self.every) and step % self.every == 0
+
+    def save(self, ts, step, history, sums, steps_per_epoch):
+        host = jax.device_get(ts)
+        if not _finite_tree(host):
+            raise NonFiniteLossError(
+                f"{self.where}: the training state holds NaN or infinite values after step {step}; "
+                f"not saved. The last good checkpoint is {self.last}.",
+                step=step, epoch=step // steps_per_epoch + 1, loss=math.nan, checkpoint=self.last)
+        meta = {"fit": self.signature, "partial": dict(sums),
+                "history": [dict(r) for r in history if not r.get("partial")]}
+        self.last = ckpt.save_step(self.directory, step, host, metadata=meta, keep=self.keep)
+
+    def saved(self, step) -> bool:
+        return self.last is not None and self.last.endswith(f"{step:08d}.npz")
+
+    def note(self) -> str:
+        """The sentence a NaN error ends with: which checkpoint is the last good one."""
+        if self.last:
+            return f" The last good checkpoint is {self.last}."
+        return " No checkpoint was written" + (" before it." if self.directory is not None else
+                                               " (pass checkpoint_dir=... to keep one).")
+
+
+# ----------------------------------------------------------------------------- fit: metrics
 
 def _progress_bar(enabled, total, initial):
     """A tqdm bar on a terminal; None when disabled, not a TTY, or tqdm is missing."""
@@ -411,6 +619,130 @@ def _finite_tree(tree) -> bool:
                if np.issubdtype(np.asarray(a).dtype, np.inexact))
 
 
+class _Metrics:
+    """The steps' metrics, left on the device until `drain` fetches them in one transfer
+    (the loop's only host syncs); then summed into the epoch's row and `step_losses`."""
+
+    def __init__(self, history, sums, bar, checkpoints, steps_per_epoch):
+        self.history, self.sums, self.bar = history, sums, bar
+        self.checkpoints, self.steps_per_epoch = checkpoints, steps_per_epoch
+        self.pending = []  # (step, epoch, batch, metrics on device), not fetched yet
+
+    def add(self, step, epoch, batch, metrics, sync_every):
+        self.pending.append((step, epoch, batch, metrics))
+        if len(self.pending) >= sync_every + 2:
+            self.drain(keep_last=2)  # never more than sync_every + 2 steps in flight
+
+    def drain(self, keep_last=0):
+        """Fetch all but the newest `keep_last` pending steps (blocks on them)."""
+        cut = len(self.pending) - keep_last
+        if cut <= 0:
+            return
+        ready, self.pending = self.pending[:cut], self.pending[cut:]
+        fetched = jax.device_get([m for *_, m in ready])
+        for (step, epoch, batch, _), m in zip(ready, fetched):
+            value = float(m["loss"])
+            if not math.isfinite(value):
+                self._stop(value, step, epoch, batch)
+            self.history.step_losses.append(value)
+            self.sums["loss"] += value
+            self.sums["accuracy"] += float(m.get("accuracy", 0.0))
+            self.sums["count"] += 1
+        if self.bar is not None:
+            self.bar.update(len(ready))
+            post = {"epoch": ready[-1][1] + 1, "loss": f"{float(fetched[-1]['loss']):.4f}"}
+            if "accuracy" in fetched[-1]:
+                post["acc"] = f"{float(fetched[-1]['accuracy']):.3f}"
+            self.bar.set_postfix(post, refresh=False)
+
+    def _stop(self, value, step, epoch, batch):
+        where, last = self.checkpoints.where, self.checkpoints.last
+        raise NonFiniteLossError(
+            f"{where}: the training loss became {value} at step {step} (epoch {epoch + 1}, batch "
+            f"{batch + 1} of {self.steps_per_epoch}); training stopped. Check the data for NaN or "
+            f"infinite values and try a smaller learning rate.{self.checkpoints.note()}",
+            step=step, epoch=epoch + 1, loss=value, checkpoint=last)
+
+    def row(self, epoch, step, task) -> "_Row":
+        """The epoch's row from its sums (the pending metrics are fetched first)."""
+        self.drain()
+        count = max(self.sums["count"], 1)
+        row = _Row(epoch=epoch + 1, step=step, train_loss=self.sums["loss"] / count)
+        if task != "regression":
+            row["train_accuracy"] = self.sums["accuracy"] / count
+        return row
+
+
+# ----------------------------------------------------------------------------- fit: the loop
+
+class _Loop(NamedTuple):
+    """What the epoch loop needs besides the train state."""
+
+    model: Layer
+    settings: _Settings
+    step_fn: Callable
+    task: str
+    metrics: _Metrics
+    checkpoints: _Checkpoints
+    eval_batch_size: int
+    sync_every: int
+
+
+def _run_epoch(loop: _Loop, ts, s, t0):
+    """Steps from step `s` to the end of its epoch or of the budget: (train_state, step)."""
+    cfg = loop.settings
+    epoch, b = divmod(s, cfg.steps_per_epoch)
+    order = batch_order(cfg.key, epoch, len(cfg.x))
+    while b < cfg.steps_per_epoch and s < cfg.budget:
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        xb, yb = cfg.x[idx], cfg.y[idx]
+        if cfg.mesh is not None:
+            xb, yb = parallel.shard_batch((xb, yb), cfg.mesh)
+        ts, metrics = loop.step_fn(ts, xb, yb)
+        loop.metrics.add(s + 1, epoch, b, metrics, loop.sync_every)
+        s, b = s + 1, b + 1
+        # an epoch's last step saves after its row
+        if b < cfg.steps_per_epoch and loop.checkpoints.due(s, epoch_end=False):
+            loop.metrics.drain()
+            loop.metrics.sums["seconds"] = time.perf_counter() - t0
+            loop.checkpoints.save(ts, s, loop.metrics.history, loop.metrics.sums, cfg.steps_per_epoch)
+    return ts, s
+
+
+def _run(loop: _Loop, ts, *, target_loss, callback):
+    """Epochs until the budget, `target_loss` or `callback` stops them; returns the train state."""
+    cfg, metrics, history = loop.settings, loop.metrics, loop.metrics.history
+    s = int(jax.device_get(ts.step))
+    while s < cfg.budget:
+        epoch = s // cfg.steps_per_epoch
+        t0 = time.perf_counter() - metrics.sums["seconds"]
+        ts, s = _run_epoch(loop, ts, s, t0)
+        row = metrics.row(epoch, s, loop.task)
+        if cfg.val is not None:
+            for k, v in evaluate(loop.model, ts.params, ts.state, *cfg.val,
+                                 batch_size=loop.eval_batch_size, loss=cfg.loss).items():
+                row["val_" + k] = v
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if s % cfg.steps_per_epoch:  # the budget ended mid-epoch
+            row["partial"] = True
+            metrics.sums["seconds"] = row["seconds"]
+            break
+        metrics.sums = _empty_sums()
+        if metrics.bar is not None:
+            metrics.bar.set_description(f"epoch {epoch + 1}" + (f"/{cfg.epochs}" if cfg.epochs else ""))
+        stop = target_loss is not None and row["train_loss"] < target_loss
+        if callback is not None and callback(row, ts):
+            stop = True
+        if stop:
+            break
+        if s < cfg.budget and loop.checkpoints.due(s, epoch_end=True):
+            loop.checkpoints.save(ts, s, history, metrics.sums, cfg.steps_per_epoch)
+    if loop.checkpoints.directory is not None and not loop.checkpoints.saved(s):
+        loop.checkpoints.save(ts, s, history, metrics.sums, cfg.steps_per_epoch)
+    return ts
+
+
 def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int] = None,
         steps: Optional[int] = None, batch_size: int = 128, key=None, val_data=None,
         target_loss: Optional[float] = None, l2: float = 0.0, checkpoint_dir=None,
@@ -421,7 +753,10 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
     """Train `model` with `optimizer` on train_data = (x, y); returns (TrainState, History).
 
     - loss: `fn.losses.softmax_cross_entropy` for integer labels (the default for them),
-      mse for float targets (their default), or any (pred, target) -> scalar.
+      mse for float targets (their default), or any (pred, target) -> scalar. Its `task`
+      attribute ("classification", "binary", "regression"; seen through functools.partial)
+      chooses the reported metrics; without one, integer labels and (batch, classes)
+      outputs mean classification.
     - epochs / steps: the budget (at least one); training stops at whichever comes first,
       or after the first epoch whose mean training loss is below `target_loss`, or when
       `callback(row, train_state)` (called after each epoch) returns True.
@@ -449,207 +784,32 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
     lengths, the batch size against the devices.
     """
     where = "fit"
-    # -- check everything before compiling
-    _check_optimizer(optimizer, where)
-    _check_l2(l2, where)
-    if not (isinstance(train_data, (tuple, list)) and len(train_data) == 2):
-        raise FuncnetError(f"{where}: train_data must be a pair (x, y), got {type(train_data).__name__}")
-    x, y = (np.asarray(a) for a in train_data)
-    n = _check_pair(x, y, where)
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
-    for name, v in (("epochs", epochs), ("steps", steps), ("checkpoint_every", checkpoint_every)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
-            raise FuncnetError(f"{where}: {name} must be a non-negative int, got {v!r}")
-    if epochs is None and steps is None:
-        raise FuncnetError(f"{where}: give a budget: epochs=... and/or steps=...")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise FuncnetError(f"{where}: batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or not 1 <= sync_every <= 16:
-        raise FuncnetError(f"{where}: sync_every must be an int in [1, 16], got {sync_every!r}")
-    if target_loss is not None and not isinstance(target_loss, (int, float)):
-        raise FuncnetError(f"{where}: target_loss must be a number, got {target_loss!r}")
-    if checkpoint_every == 0:
-        raise FuncnetError(f"{where}: checkpoint_every must be a positive number of steps")
-    bs = min(int(batch_size), n)
-    if drop_remainder and n % bs and n < bs:
-        raise FuncnetError(f"{where}: drop_remainder with {n} examples < batch size {bs}")
-    steps_per_epoch = n // bs if drop_remainder else -(-n // bs)
-    loss = _default_loss(y) if loss is None else loss
-    if not callable(loss):
-        raise FuncnetError(f"{where}: loss must be a function (pred, target) -> scalar, got {loss!r}")
-    key = _raw_key(key, where)
-    k_init, k_data, k_step = jax.random.split(key, 3)
-    data_key = np.asarray(k_data)
-
-    mesh = None
-    if devices is not None:
-        mesh = parallel.make_mesh(devices)
-        parallel.check_batch_size(bs, mesh, where)
-        if not drop_remainder and n % bs and (n % bs) % parallel.mesh_size(mesh):
-            raise FuncnetError(
-                f"{where}: the last batch of each epoch has {n % bs} examples ({n} = "
-                f"{n // bs}·{bs} + {n % bs}), which cannot be split evenly over "
-                f"{parallel.mesh_size(mesh)} devices; pass drop_remainder=True or choose a "
-                f"batch size whose remainder divides")
-
-    if initial is None:
-        init = _jitted_init(model, optimizer, (bs,) + x.shape[1:], dtype)
-        try:  # shapes only: nothing is compiled until the inputs are known to fit
-            like = jax.eval_shape(init, k_init, k_step)
-        except LayerError as e:
-            raise LayerError(f"{where}: the model does not take inputs of shape (batch,) + "
-                             f"{x.shape[1:]}: {e}") from None
+    cfg = _fit_settings(optimizer, train_data, loss=loss, epochs=epochs, steps=steps,
+                        batch_size=batch_size, key=key, val_data=val_data, l2=l2,
+                        checkpoint_every=checkpoint_every, devices=devices,
+                        drop_remainder=drop_remainder, sync_every=sync_every,
+                        target_loss=target_loss, where=where)
+    ts, like = _starting_point(model, optimizer, cfg, initial, dtype, where)
+    task = _check_model_fits(model, like, cfg, where)
+    checkpoints = _Checkpoints(checkpoint_dir, checkpoint_every, keep, cfg.signature, where)
+    resumed = checkpoints.resume(like)
+    if resumed is not None:
+        ts, history, sums = resumed
     else:
-        if not isinstance(initial, TrainState):
-            params, state = initial
-            initial = TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32),
-                                 k_step)
-        # Our own copy (through the host): the step donates its input buffers, so it must
-        # never be handed the caller's arrays.
-        ts = like = jax.device_put(jax.device_get(initial))
-    out_shape = _output_shape(model, like.params, like.state, x.shape, where)
-    task = _task(loss, y.dtype, len(out_shape))
-    _check_targets(y, out_shape, task, where)
-    if val_data is not None:
-        if not (isinstance(val_data, (tuple, list)) and len(val_data) == 2):
-            raise FuncnetError(f"{where}: val_data must be a pair (x, y)")
-        xv, yv = (np.asarray(a) for a in val_data)
-        _check_pair(xv, yv, "fit (val_data)")
-        if xv.shape[1:] != x.shape[1:]:
-            raise FuncnetError(f"{where}: val_data inputs have shape (batch,) + {xv.shape[1:]}, the "
-                               f"training inputs (batch,) + {x.shape[1:]}")
-        _check_targets(yv, out_shape, task, "fit (val_data)")
-
-    # -- resume from the newest checkpoint, if any
-    signature = {"examples": n, "batch_size": bs, "drop_remainder": bool(drop_remainder),
-                 "key": [int(v) for v in np.asarray(key)]}
-    history, partial = History(), {"loss": 0.0, "accuracy": 0.0, "count": 0, "seconds": 0.0}
-    last_checkpoint = None
-    if checkpoint_dir is not None:
-        path = ckpt.latest(checkpoint_dir)
-        if path is not None:
-            meta = ckpt.read_metadata(path)
-            saved = meta.get("fit", {})
-            differ = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in signature.items()
-                      if saved.get(k) != v]
-            if differ:
-                raise FuncnetError(f"{where}: cannot resume from {path}: it was written by a run "
-                                   f"with other settings ({'; '.join(differ)}); use another "
-                                   f"checkpoint_dir or the same settings")
-            ts = ckpt.restore(path, like=like)
-            history = History(meta.get("history", []))
-            partial = dict(partial, **meta.get("partial", {}))
-            last_checkpoint = path
-    if last_checkpoint is None and initial is None:
-        ts = init(k_init, k_step)
-
-    if mesh is not None:
-        ts = parallel.replicate(ts, mesh)
-    step_fn = make_step(model, loss, optimizer, l2=l2, mesh=mesh)
-
-    budget = min(epochs * steps_per_epoch if epochs is not None else math.inf,
-                 steps if steps is not None else math.inf)
-    s = int(jax.device_get(ts.step))
-    bar = _progress_bar(progress, None if budget == math.inf else int(budget), s)
-    pending = []  # (step, epoch, batch, metrics on device), not fetched yet
-    epoch_sums = partial
-    stop = False
-
-    def drain(keep_last=0):
-        """Fetch the metrics of all but the newest `keep_last` pending steps (blocks on them)."""
-        nonlocal pending
-        if len(pending) <= keep_last:
-            return
-        ready, pending = pending[:len(pending) - keep_last], pending[len(pending) - keep_last:]
-        fetched = jax.device_get([m for *_, m in ready])
-        for (st, ep, b, _), m in zip(ready, fetched):
-            value = float(m["loss"])
-            if not math.isfinite(value):
-                if bar is not None:
-                    bar.close()
-                good = (f" The last good checkpoint is {last_checkpoint}." if last_checkpoint
-                        else " No checkpoint was written" +
-                        (" before it." if checkpoint_dir is not None else
-                         " (pass checkpoint_dir=... to keep one)."))
-                raise NonFiniteLossError(
-                    f"{where}: the training loss became {value} at step {st} (epoch {ep + 1}, batch "
-                    f"{b + 1} of {steps_per_epoch}); training stopped. Check the data for NaN or "
-                    f"infinite values and try a smaller learning rate.{good}",
-                    step=st, epoch=ep + 1, loss=value, checkpoint=last_checkpoint)
-            history.step_losses.append(value)
-            epoch_sums["loss"] += value
-            epoch_sums["accuracy"] += float(m.get("accuracy", 0.0))
-            epoch_sums["count"] += 1
-        if bar is not None and ready:
-            bar.update(len(ready))
-            post = {"epoch": ready[-1][1] + 1, "loss": f"{float(fetched[-1]['loss']):.4f}"}
-            if "accuracy" in fetched[-1]:
-                post["acc"] = f"{float(fetched[-1]['accuracy']):.3f}"
-            bar.set_postfix(post, refresh=False)
-
-    def save(step_now):
-        nonlocal last_checkpoint
-        drain()
-        host = jax.device_get(ts)
-        if not _finite_tree(host):
-            raise NonFiniteLossError(
-                f"{where}: the training state holds NaN or infinite values after step {step_now}; "
-                f"not saved. The last good checkpoint is {last_checkpoint}.",
-                step=step_now, epoch=step_now // steps_per_epoch + 1, loss=math.nan,
-                checkpoint=last_checkpoint)
-        meta = {"fit": signature, "history": [dict(r) for r in history if not r.get("partial")],
-                "partial": dict(epoch_sums)}
-        last_checkpoint = ckpt.save_step(checkpoint_dir, step_now, host, metadata=meta, keep=keep)
-
+        history, sums = History(), _empty_sums()
+        if ts is None:
+            _, k_init, k_step = _fit_keys(cfg.key)
+            ts = _jitted_init(model, optimizer, (cfg.batch_size,) + cfg.x.shape[1:], dtype)(
+                k_init, k_step)
+    if cfg.mesh is not None:
+        ts = parallel.replicate(ts, cfg.mesh)
+    step_fn = make_step(model, optimizer, cfg.loss, l2=l2, mesh=cfg.mesh)
+    start = int(jax.device_get(ts.step))
+    bar = _progress_bar(progress, None if cfg.budget == math.inf else int(cfg.budget), start)
+    metrics = _Metrics(history, sums, bar, checkpoints, cfg.steps_per_epoch)
+    loop = _Loop(model, cfg, step_fn, task, metrics, checkpoints, eval_batch_size, sync_every)
     try:
-        while s < budget and not stop:
-            epoch, b = divmod(s, steps_per_epoch)
-            order = _order(data_key, epoch, n)
-            t0 = time.perf_counter() - epoch_sums["seconds"]
-            while b < steps_per_epoch and s < budget:
-                idx = order[b * bs:(b + 1) * bs]
-                xb, yb = x[idx], y[idx]
-                if mesh is not None:
-                    xb, yb = parallel.shard_batch((xb, yb), mesh)
-                ts, metrics = step_fn(ts, xb, yb)
-                pending.append((s + 1, epoch, b, metrics))
-                s, b = s + 1, b + 1
-                if len(pending) >= sync_every + 2:
-                    drain(keep_last=2)  # never more than sync_every + 2 steps in flight
-                if (checkpoint_dir is not None and checkpoint_every and s % checkpoint_every == 0
-                        and b < steps_per_epoch):  # an epoch's last step saves after its row
-                    epoch_sums["seconds"] = time.perf_counter() - t0
-                    save(s)
-            drain()
-            count = max(epoch_sums["count"], 1)
-            row = _Row(epoch=epoch + 1, step=s, train_loss=epoch_sums["loss"] / count)
-            if task != "regression":
-                row["train_accuracy"] = epoch_sums["accuracy"] / count
-            if val_data is not None:
-                for k, v in evaluate(model, ts.params, ts.state, xv, yv,
-                                     batch_size=eval_batch_size, loss=loss).items():
-                    row["val_" + k] = v
-            row["seconds"] = time.perf_counter() - t0
-            if b < steps_per_epoch:
-                row["partial"] = True
-                epoch_sums["seconds"] = row["seconds"]
-                history.append(row)
-                break
-            history.append(row)
-            epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0, "seconds": 0.0}
-            if bar is not None:
-                bar.set_description(f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""))
-            if target_loss is not None and row["train_loss"] < target_loss:
-                stop = True
-            if callback is not None and callback(row, ts):
-                stop = True
-            if (checkpoint_dir is not None and not stop and s < budget
-                    and (not checkpoint_every or s % checkpoint_every == 0)):
-                save(s)
-        if checkpoint_dir is not None and (last_checkpoint is None or
-                                           not last_checkpoint.endswith(f"{s:08d}.npz")):
-            save(s)
+        ts = _run(loop, ts, target_loss=target_loss, callback=callback)
     finally:
         if bar is not None:
             bar.close()

@@ -331,3 +331,55 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
     run_fit(tmp_path, epochs=1)
     with pytest.raises(fn.FuncnetError, match="batch_size: checkpoint 40, now 20"):
         run_fit(tmp_path, batch_size=20)
+
+
+# ----------------------------------------------------------------------------- explicit choices
+
+def test_the_task_is_the_losses_attribute_seen_through_partial():
+    """A functools.partial of a loss reports the same metrics as the loss itself."""
+    import functools
+    assert train._task(CE, jnp.int32, 2) == "classification"
+    bce = fn.losses.binary_cross_entropy
+    for loss in (bce, functools.partial(bce), functools.partial(functools.partial(bce))):
+        assert train._task(loss, jnp.float32, 2) == "binary"
+    assert train._task(functools.partial(fn.losses.mse), jnp.int32, 2) == "regression"
+    assert train._task(lambda p, t: jnp.sum(p), jnp.int32, 2) == "classification"  # inferred
+    x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    model = fn.serial(fn.dense(1))
+    rows = [train.fit(model, SGD, (x, y), loss=loss, epochs=1, batch_size=8, key=KEY,
+                      progress=False)[1][0] for loss in (bce, functools.partial(bce))]
+    assert rows[0]["train_accuracy"] == rows[1]["train_accuracy"]
+    assert set(rows[0]) == set(rows[1])
+
+
+def test_make_step_takes_fits_order_and_the_old_one_with_a_warning(digits):
+    (x, y), _ = digits
+    ts = train.init_train_state(MLP16, SGD, (16,) + x.shape[1:], KEY)
+    new, m_new = train.make_step(MLP16, SGD, CE, donate=False)(ts, x[:16], y[:16])
+    with pytest.warns(DeprecationWarning, match="make_step\\(model, optimizer, loss\\)"):
+        old_step = train.make_step(MLP16, CE, SGD, donate=False)
+    old, m_old = old_step(ts, x[:16], y[:16])
+    assert float(m_new["loss"]) == float(m_old["loss"])
+    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(old)):
+        assert np.array_equal(a, b)
+
+
+def test_fit_and_batches_shuffle_alike():
+    n, key = 50, jax.random.PRNGKey(3)
+    data_key = jax.random.split(key, 3)[1]
+    for epoch in (0, 2):
+        expected = fn.data.shuffle(jax.random.fold_in(data_key, epoch), n)
+        assert np.array_equal(train.batch_order(key, epoch, n), expected)
+    xs = np.arange(n)
+    seen = np.concatenate([xb for xb, _ in fn.data.batches(xs, None, 8, key=data_key)])
+    assert np.array_equal(seen, fn.data.shuffle(data_key, n))
+
+
+def test_numpy_ints_are_accepted_like_python_ints(digits):
+    (x, y), _ = digits
+    _, h = train.fit(MLP16, SGD, (x[:64], y[:64]), loss=CE, epochs=np.int64(1),
+                     batch_size=np.int32(32), key=KEY, progress=False)
+    assert h["step"] == [2]
+    assert train.evaluate(MLP16, *train.init_train_state(MLP16, SGD, (1, 8, 8, 1), KEY)[:2],
+                          x[:10], y[:10], batch_size=np.int64(4))["loss"] > 0
