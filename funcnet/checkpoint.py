@@ -44,7 +44,7 @@ import re
 import tempfile
 import urllib.parse
 import zipfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -121,14 +121,23 @@ def _fsync_dir(directory: str):
         os.close(fd)
 
 
-# ----------------------------------------------------------------------------- encoding
+# ----------------------------------------------------------------------------- names and leaves
 
 def _is_namedtuple(x) -> bool:
     return isinstance(x, tuple) and hasattr(type(x), "_fields")
 
 
 def _is_prng_key(x) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    """A typed PRNG key, concrete or abstract (a ShapeDtypeStruct from jax.eval_shape)."""
+    return (isinstance(x, (jax.Array, jax.ShapeDtypeStruct))
+            and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+
+
+def _impl_name(key) -> Optional[str]:
+    if isinstance(key, jax.Array):
+        return str(jax.random.key_impl(key))
+    # An abstract key's impl name is only on a private field.
+    return getattr(getattr(key.dtype, "_impl", None), "name", None)
 
 
 def _type_name(x) -> str:
@@ -181,63 +190,113 @@ def _savable_array(arr: np.ndarray, path: str) -> Tuple[np.ndarray, str]:
     raise CheckpointError(f"leaf {_shown(path)!r} has dtype {dtype} that a checkpoint cannot hold")
 
 
-def _encode(tree) -> Tuple[dict, Dict[str, np.ndarray]]:
-    """(JSON structure record, {array name: array}) for a pytree; raises on unsupported leaves."""
-    arrays: Dict[str, np.ndarray] = {}
+# ----------------------------------------------------------------------------- the walk
 
-    def leaf_name(path):
-        return path if path else ROOT_NAME
+class _Node(NamedTuple):
+    """One place of a tree, in the record's vocabulary."""
 
-    def walk(x, path):
-        if x is None:
-            return {"kind": "none"}
-        if isinstance(x, dict):
-            keys = list(x.keys())
-            bad = [k for k in keys if not isinstance(k, str)]
-            if bad:
-                raise CheckpointError(f"dict at {_shown(path)!r} has non-string key {bad[0]!r}; "
-                                      "checkpoint dict keys must be strings")
-            return {"kind": "dict", "keys": keys,
-                    "children": [walk(x[k], _join(path, _escape(k))) for k in keys]}
-        if _is_namedtuple(x):
-            fields = list(type(x)._fields)
-            return {"kind": "namedtuple", "type": _type_name(x), "fields": fields,
-                    "children": [walk(v, _join(path, _escape(f))) for f, v in zip(fields, x)]}
-        if isinstance(x, (tuple, list)):
-            return {"kind": "tuple" if isinstance(x, tuple) else "list",
-                    "children": [walk(v, _join(path, str(i))) for i, v in enumerate(x)]}
-        if isinstance(x, str):
-            return {"kind": "str", "value": x}
-        if _is_py_scalar(x):
-            kind = _scalar_kind(x)
+    kind: str       # none dict namedtuple tuple list pytree | str scalar prng_key array
+    info: dict      # what the record keeps besides the children (keys, type, fields, ...)
+    children: list  # [(path part, child)]
+
+
+_LEAVES = ("str", "scalar", "prng_key", "array")
+_ARRAYS = (np.ndarray, np.generic, jax.Array, jax.ShapeDtypeStruct)
+
+
+def _classify(x, path: str, what: str = "leaf") -> _Node:
+    """The one type cascade: save walks the tree with it, restore walks `like` with it."""
+    if x is None:
+        return _Node("none", {}, [])
+    if isinstance(x, dict):
+        bad = [k for k in x if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"dict at {_shown(path)!r} has non-string key {bad[0]!r}; "
+                                  "checkpoint dict keys must be strings")
+        return _Node("dict", {"keys": list(x)}, [(_escape(k), v) for k, v in x.items()])
+    if _is_namedtuple(x):
+        fields = list(type(x)._fields)
+        return _Node("namedtuple", {"type": _type_name(x), "fields": fields},
+                     [(_escape(f), v) for f, v in zip(fields, x)])
+    if isinstance(x, (tuple, list)):
+        return _Node("tuple" if isinstance(x, tuple) else "list", {},
+                     [(str(i), v) for i, v in enumerate(x)])
+    if isinstance(x, str):
+        return _Node("str", {"value": x}, [])
+    if _is_py_scalar(x):
+        return _Node("scalar", {"type": _scalar_kind(x)}, [])
+    if _is_prng_key(x):
+        return _Node("prng_key", {"impl": _impl_name(x), "shape": list(x.shape)}, [])
+    if isinstance(x, _ARRAYS):
+        return _Node("array", {"dtype": np.dtype(x.dtype).name, "shape": list(x.shape)}, [])
+    # Any other registered pytree node (e.g. a flax struct): its children by index.
+    children = jax.tree_util.tree_flatten(x, is_leaf=lambda c: c is not x)[0]
+    if len(children) == 1 and children[0] is x:
+        raise CheckpointError(f"{what} {_shown(path)!r} is a {type(x).__name__}, which a "
+                              "checkpoint cannot hold (arrays, scalars, str, None, dicts, "
+                              "tuples, lists, NamedTuples and PRNG keys can)")
+    return _Node("pytree", {"type": _type_name(x)}, [(str(i), c) for i, c in enumerate(children)])
+
+
+def _record_children(node: dict) -> list:
+    """[(path part, child node)] of a record node: the parts `_classify` names them by."""
+    names = node.get("keys", node.get("fields"))
+    children = node.get("children", [])
+    parts = [_escape(k) for k in names] if names is not None else map(str, range(len(children)))
+    return list(zip(parts, children))
+
+
+def _assemble(kind: str, info: dict, values: list, like=None):
+    """A container of `kind` holding `values`: `like`'s own type when given, else plain
+    Python (NamedTuples as stand-ins with the recorded name and fields)."""
+    if kind == "none":
+        return None
+    if kind == "dict":
+        d = dict(zip(info["keys"], values))
+        if like is not None and type(like) is not dict:
             try:
-                arr = np.asarray(x, dtype=_SCALAR_TYPES[kind][1])
-            except OverflowError:
-                raise CheckpointError(f"leaf {_shown(path)!r}: int {x} does not fit in int64") from None
-            name = leaf_name(path)
-            arrays[name] = arr
-            return {"kind": "scalar", "type": kind, "name": name}
-        if _is_prng_key(x):
-            data = np.asarray(jax.random.key_data(x))
-            name = leaf_name(path)
-            arrays[name] = data
-            return {"kind": "prng_key", "impl": str(jax.random.key_impl(x)), "name": name,
-                    "shape": list(x.shape), "dtype": data.dtype.str}
-        if isinstance(x, (np.ndarray, np.generic, jax.Array)):
-            arr, dtype = _savable_array(np.asarray(x), path)
-            name = leaf_name(path)
-            arrays[name] = arr
-            return {"kind": "array", "name": name, "dtype": dtype, "shape": list(arr.shape)}
-        # Any other registered pytree node (e.g. a flax struct): record its children by index.
-        children, treedef = jax.tree_util.tree_flatten(x, is_leaf=lambda c: c is not x)
-        if treedef.num_leaves == 1 and len(children) == 1 and children[0] is x:
-            raise CheckpointError(f"leaf {_shown(path)!r} is a {type(x).__name__}, which a "
-                                  "checkpoint cannot hold (arrays, scalars, str, None, dicts, "
-                                  "tuples, lists, NamedTuples and PRNG keys can)")
-        return {"kind": "pytree", "type": _type_name(x),
-                "children": [walk(c, _join(path, str(i))) for i, c in enumerate(children)]}
+                return type(like)(d)
+            except TypeError:  # e.g. a defaultdict, whose first argument is its factory
+                pass
+        return d
+    if kind == "namedtuple":
+        return (type(like) if like is not None else _namedtuple_type(info["type"], info["fields"]))(*values)
+    if like is None:
+        return list(values) if kind == "list" else tuple(values)
+    if kind == "pytree":
+        return jax.tree_util.tree_structure(like, is_leaf=lambda c: c is not like).unflatten(values)
+    return type(like)(values)
 
-    return walk(tree, ""), arrays
+
+# ----------------------------------------------------------------------------- encoding
+
+def _encode(x, path: str, arrays: Optional[dict], what: str = "leaf") -> dict:
+    """The record node of `x`; its leaves' arrays go into `arrays` (None: describe only,
+    as for `like`)."""
+    node = _classify(x, path, what)
+    if node.kind in ("scalar", "prng_key", "array") and arrays is not None:
+        return _store(x, node, path, arrays)
+    record = {"kind": node.kind, **node.info}
+    if node.kind not in _LEAVES and node.kind != "none":
+        record["children"] = [_encode(c, _join(path, part), arrays, what) for part, c in node.children]
+    return record
+
+
+def _store(x, node: _Node, path: str, arrays: dict) -> dict:
+    """Put a leaf's array into `arrays` under its path; returns the leaf's record node."""
+    name = path or ROOT_NAME
+    if node.kind == "scalar":
+        try:
+            arrays[name] = np.asarray(x, dtype=_SCALAR_TYPES[node.info["type"]][1])
+        except OverflowError:
+            raise CheckpointError(f"leaf {_shown(path)!r}: int {x} does not fit in int64") from None
+        return {"kind": "scalar", "type": node.info["type"], "name": name}
+    if node.kind == "prng_key":
+        arrays[name] = np.asarray(jax.random.key_data(x))
+        return {"kind": "prng_key", "impl": node.info["impl"], "name": name,
+                "shape": node.info["shape"], "dtype": arrays[name].dtype.str}
+    arrays[name], dtype = _savable_array(np.asarray(x), path)
+    return {"kind": "array", "name": name, "dtype": dtype, "shape": list(arrays[name].shape)}
 
 
 def _json_default(x):
@@ -259,7 +318,8 @@ def save(path, tree, *, metadata: Optional[dict] = None) -> str:
     """
     if metadata is not None and not isinstance(metadata, dict):
         raise CheckpointError(f"metadata must be a dict, got {type(metadata).__name__}")
-    structure, arrays = _encode(tree)
+    arrays: Dict[str, np.ndarray] = {}
+    structure = _encode(tree, "", arrays)
     record = {"format": FORMAT, "version": VERSION, "tree": structure,
               "metadata": metadata if metadata is not None else {}}
     try:
@@ -345,19 +405,15 @@ def _check_node(node, path):
         raise ValueError(f"bad scalar type {node['type']!r} at {_shown(path)!r}")
 
 
-def _flat_record(node, path="", out=None):
+def _flat_record(node, path="", out=None, check=True):
     """{path: node} for every node (containers and leaves) of a structure record, checking
     each node's form on the way (ValueError on a malformed record)."""
     out = {} if out is None else out
-    _check_node(node, path)
+    if check:
+        _check_node(node, path)
     out[path] = node
-    kind = node["kind"]
-    if kind in ("dict", "namedtuple"):
-        for k, c in zip(node.get("keys", node.get("fields")), node["children"]):
-            _flat_record(c, _join(path, _escape(k)), out)
-    elif kind in ("tuple", "list", "pytree"):
-        for i, c in enumerate(node["children"]):
-            _flat_record(c, _join(path, str(i)), out)
+    for part, child in _record_children(node):
+        _flat_record(child, _join(path, part), out, check)
     return out
 
 
@@ -388,6 +444,13 @@ class _Reader:
 
     def __init__(self, path, npz):
         self.path, self.npz = os.fspath(path), npz
+
+    def leaf(self, node, path):
+        """A leaf node's value: str, Python scalar, PRNG key or NumPy array."""
+        kind = node["kind"]
+        if kind == "str":
+            return node["value"]
+        return {"scalar": self.scalar, "prng_key": self.key, "array": self.array}[kind](node, path)
 
     def array(self, node, path) -> np.ndarray:
         name = node.get("name")
@@ -452,78 +515,20 @@ def _namedtuple_type(type_name: str, fields) -> type:
     return _NAMEDTUPLES[key]
 
 
-def _rebuild(reader: _Reader, node, path):
-    """The tree described by a (checked) record, without a `like` template."""
-    kind = node["kind"]
-    if kind == "none":
-        return None
-    if kind == "str":
-        return node["value"]
-    if kind == "dict":
-        return {k: _rebuild(reader, c, _join(path, _escape(k)))
-                for k, c in zip(node["keys"], node["children"])}
-    if kind == "namedtuple":
-        children = [_rebuild(reader, c, _join(path, _escape(f)))
-                    for f, c in zip(node["fields"], node["children"])]
-        return _namedtuple_type(node["type"], node["fields"])(*children)
-    if kind in ("tuple", "list", "pytree"):
-        children = [_rebuild(reader, c, _join(path, str(i))) for i, c in enumerate(node["children"])]
-        return children if kind == "list" else tuple(children)
-    if kind == "scalar":
-        return reader.scalar(node, path)
-    if kind == "prng_key":
-        return reader.key(node, path)
-    return reader.array(node, path)
+def _rebuild(reader: _Reader, node, path=""):
+    """The tree a (checked) record describes, in plain Python types (no `like`)."""
+    if node["kind"] in _LEAVES:
+        return reader.leaf(node, path)
+    values = [_rebuild(reader, c, _join(path, part)) for part, c in _record_children(node)]
+    return _assemble(node["kind"], node, values)
 
 
-def _like_nodes(like, path="", out=None):
-    """{path: (description-node, like-subtree)} for `like`, in the record's vocabulary."""
-    out = {} if out is None else out
-    x = like
-    if x is None:
-        out[path] = ({"kind": "none"}, x)
-    elif isinstance(x, dict):
-        out[path] = ({"kind": "dict"}, x)
-        for k, v in x.items():
-            _like_nodes(v, _join(path, _escape(str(k))), out)
-    elif _is_namedtuple(x):
-        out[path] = ({"kind": "namedtuple", "type": _type_name(x)}, x)
-        for f, v in zip(type(x)._fields, x):
-            _like_nodes(v, _join(path, _escape(f)), out)
-    elif isinstance(x, (tuple, list)):
-        out[path] = ({"kind": "tuple" if isinstance(x, tuple) else "list"}, x)
-        for i, v in enumerate(x):
-            _like_nodes(v, _join(path, str(i)), out)
-    elif isinstance(x, str):
-        out[path] = ({"kind": "str"}, x)
-    elif _is_py_scalar(x):
-        out[path] = ({"kind": "scalar", "type": _scalar_kind(x)}, x)
-    elif _is_prng_key(x):
-        out[path] = ({"kind": "prng_key", "impl": str(jax.random.key_impl(x)),
-                      "shape": list(x.shape)}, x)
-    elif isinstance(x, jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        # An abstract key (e.g. from jax.eval_shape); its impl name is only on a private field.
-        impl = getattr(getattr(x.dtype, "_impl", None), "name", None)
-        out[path] = ({"kind": "prng_key", "impl": impl, "shape": list(x.shape)}, x)
-    elif isinstance(x, (np.ndarray, np.generic, jax.Array, jax.ShapeDtypeStruct)):
-        dtype = np.dtype(x.dtype)
-        out[path] = ({"kind": "array", "dtype": dtype.name, "shape": list(np.shape(x)),
-                      "_dtype": dtype}, x)
-    else:
-        children, treedef = jax.tree_util.tree_flatten(x, is_leaf=lambda c: c is not x)
-        if len(children) == 1 and children[0] is x:
-            raise CheckpointError(f"`like` leaf {_shown(path)!r} is a {type(x).__name__}, which a "
-                                  "checkpoint cannot hold")
-        out[path] = ({"kind": "pytree", "type": _type_name(x)}, x)
-        for i, c in enumerate(children):
-            _like_nodes(c, _join(path, str(i)), out)
-    return out
+# ----------------------------------------------------------------------------- restoring into `like`
 
-
-def _differences(reader: _Reader, saved: Dict[str, dict], wanted: Dict[str, tuple]) -> List[str]:
+def _differences(reader: _Reader, saved: Dict[str, dict], wanted: Dict[str, dict]) -> List[str]:
     """Every difference, reported at the topmost path where it starts (no per-leaf noise)."""
     missing, extra = set(wanted) - set(saved), set(saved) - set(wanted)
-    differing = {p for p in set(saved) & set(wanted) if not _compatible(reader, saved[p], wanted[p][0])}
+    differing = {p for p in set(saved) & set(wanted) if not _compatible(reader, saved[p], wanted[p])}
 
     def below(path, paths):
         parts = path.split("/") if path else []
@@ -533,14 +538,14 @@ def _differences(reader: _Reader, saved: Dict[str, dict], wanted: Dict[str, tupl
     diffs = []
     for path in sorted(missing):
         if not below(path, missing | differing):
-            diffs.append(f"missing in checkpoint: {_shown(path)} ({_describe(wanted[path][0])})")
+            diffs.append(f"missing in checkpoint: {_shown(path)} ({_describe(wanted[path])})")
     for path in sorted(extra):
         if not below(path, extra | differing):
             diffs.append(f"extra in checkpoint: {_shown(path)} ({_describe(saved[path])})")
     for path in sorted(differing):
         if not below(path, differing):
             diffs.append(f"differs at {_shown(path)}: checkpoint has {_describe(saved[path])}, "
-                         f"like has {_describe(wanted[path][0])}")
+                         f"like has {_describe(wanted[path])}")
     return diffs
 
 
@@ -550,9 +555,7 @@ def _compatible(reader, node, want) -> bool:
         # Python scalars are weakly typed: a 0-d array of the same kind also restores.
         if kind == "scalar":
             return node["type"] == want["type"]
-        if kind == "array":
-            return node["shape"] == []
-        return False
+        return kind == "array" and node["shape"] == []
     if kind != wkind:
         return False
     if kind in ("namedtuple", "pytree"):
@@ -561,10 +564,10 @@ def _compatible(reader, node, want) -> bool:
         return want["impl"] in (None, node["impl"]) and node["shape"] == want["shape"]
     if kind == "array":
         try:
-            saved_dtype = reader._dtype(node["dtype"], "")
-        except CheckpointError:
+            return (reader._dtype(node["dtype"], "") == np.dtype(want["dtype"])
+                    and node["shape"] == want["shape"])
+        except (CheckpointError, TypeError):
             return False
-        return saved_dtype == want["_dtype"] and node["shape"] == want["shape"]
     return True
 
 
@@ -582,38 +585,21 @@ def _place(value: np.ndarray, like_leaf):
 
 
 def _restore_like(reader: _Reader, saved: Dict[str, dict], like, path=""):
-    x = like
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        d = {k: _restore_like(reader, saved, v, _join(path, _escape(str(k)))) for k, v in x.items()}
-        if type(x) is not dict:
-            try:
-                return type(x)(d)
-            except TypeError:  # e.g. a defaultdict, whose first argument is its factory
-                pass
-        return d
-    if _is_namedtuple(x):
-        return type(x)(*[_restore_like(reader, saved, v, _join(path, _escape(f)))
-                         for f, v in zip(type(x)._fields, x)])
-    if isinstance(x, (tuple, list)):
-        children = [_restore_like(reader, saved, v, _join(path, str(i))) for i, v in enumerate(x)]
-        return type(x)(children)
-    node = saved[path]
-    if isinstance(x, str):
-        return str(node["value"])
-    if _is_py_scalar(x):
-        value = reader.array(node, path) if node["kind"] == "array" else reader.scalar(node, path)
-        return type(x)(np.asarray(value)[()])
-    if _is_prng_key(x) or node["kind"] == "prng_key":
-        key = reader.key(node, path)
-        sharding = getattr(x, "sharding", None)
+    """`like`'s tree with the saved values: its containers' own types, its leaves' array types."""
+    node = _classify(like, path, "`like` leaf")
+    if node.kind not in _LEAVES:
+        values = [_restore_like(reader, saved, c, _join(path, part)) for part, c in node.children]
+        return _assemble(node.kind, node.info, values, like)
+    saved_node = saved[path]
+    if node.kind == "str":
+        return str(saved_node["value"])
+    if node.kind == "scalar":
+        return type(like)(np.asarray(reader.leaf(saved_node, path))[()])
+    if node.kind == "prng_key":
+        key = reader.key(saved_node, path)
+        sharding = getattr(like, "sharding", None)
         return jax.device_put(key, sharding) if sharding is not None else key
-    if isinstance(x, (np.ndarray, np.generic, jax.Array, jax.ShapeDtypeStruct)):
-        return _place(reader.array(node, path), x)
-    children, treedef = jax.tree_util.tree_flatten(x, is_leaf=lambda c: c is not x)
-    return treedef.unflatten([_restore_like(reader, saved, c, _join(path, str(i)))
-                              for i, c in enumerate(children)])
+    return _place(reader.array(saved_node, path), like)
 
 
 def restore(path, like=None):
@@ -641,7 +627,7 @@ def restore(path, like=None):
             raise CheckpointError(f"{path}: corrupt checkpoint record: {e}") from None
         if like is None:
             return _rebuild(reader, record["tree"], "")
-        wanted = _like_nodes(like)
+        wanted = _flat_record(_encode(like, "", None, "`like` leaf"), check=False)
         diffs = _differences(reader, saved, wanted)
         if diffs:
             raise CheckpointMismatchError(path, diffs)
