@@ -13,8 +13,6 @@ arg-max routing funcnet implements passes.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import funcnet as fn
 from experiments import cnn, common, fc_net, graph_net, init_study, losses, xor

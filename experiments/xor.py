@@ -10,7 +10,6 @@ descent with the δ rule, i.e. the layers' hand-derived backward formulas, plugg
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

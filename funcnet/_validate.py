@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from .errors import LayerError
 
-__all__ = ["check", "as_int", "positive_pair", "float_dtype"]
+__all__ = ["check", "as_int", "positive_pair", "float_dtype", "padding_spec", "nonempty_shape",
+           "shape_token"]
 
 
 def check(condition: bool, message: str):
@@ -62,3 +63,44 @@ def float_dtype(dtype):
     """The dtype parameters are created in: float32 unless asked otherwise."""
     return jnp.float32 if dtype is None else jnp.dtype(dtype)
 
+
+
+def padding_spec(value, where: str):
+    """A padding spec, checked: "VALID" or "SAME" (any case, returned upper-case), or
+    ((top, bottom), (left, right)) of non-negative ints (an int n means n on every side)."""
+    if isinstance(value, str):
+        if value.upper() in ("VALID", "SAME"):
+            return value.upper()
+        pairs = None
+    elif _is_int(value):
+        n = operator.index(value)
+        pairs = ((n, n), (n, n))
+    else:
+        try:  # ints only: int() would silently truncate 1.5 to 1
+            pairs = tuple((a, b) for a, b in value)
+        except (TypeError, ValueError):
+            pairs = None
+        if pairs is not None and (len(pairs) != 2 or not all(_is_int(v) for p in pairs for v in p)):
+            pairs = None
+    if pairs is None:
+        raise LayerError(f"{where}: padding must be 'VALID', 'SAME', an int or "
+                         f"((top, bottom), (left, right)), got {value!r}")
+    pairs = tuple(tuple(operator.index(v) for v in p) for p in pairs)
+    if min(min(p) for p in pairs) < 0:
+        raise LayerError(f"{where}: padding must not be negative, got {value!r}")
+    return pairs
+
+
+def nonempty_shape(shape, where: str) -> tuple:
+    """`shape` as a tuple, refused when a dimension is zero (nothing to compute with)."""
+    shape = tuple(shape)
+    if any(d == 0 for d in shape):
+        raise LayerError(f"{where}: input shape {shape} has a zero-sized dimension; every "
+                         f"dimension must be at least 1")
+    return shape
+
+
+def shape_token(x):
+    """An empty array that carries x's shape (but its batch) and dtype through a cache:
+    a cache holds arrays, and this one costs nothing. Read back with `.shape[1:]`."""
+    return jnp.zeros((0,) + tuple(x.shape[1:]), x.dtype)

@@ -3,6 +3,8 @@ import jax
 
 from .core import Layer
 
+__all__ = ["backprop", "with_manual_grads", "jitted"]
+
 
 def backprop(model: Layer, params, state, x, dy, *, train=False, key=None):
     """Gradients by the hand-derived formulas: `model.forward`, then `model.backward`.
@@ -36,3 +38,11 @@ def with_manual_grads(model: Layer) -> Layer:
         return run(params, x)
 
     return model._replace(forward=forward)
+
+
+def jitted(model: Layer) -> Layer:
+    """The same model with `forward` and `backward` jit-compiled: the formulas are unchanged,
+    but eager calls (a gradient check's) become a few compiled programs instead of hundreds
+    of one-op ones."""
+    return model._replace(forward=jax.jit(model.forward, static_argnames=("train",)),
+                          backward=jax.jit(model.backward))

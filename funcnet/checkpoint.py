@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .core import FuncnetError
+from ._validate import as_int
+from .errors import FuncnetError
 
 FORMAT = "funcnet.checkpoint"
 VERSION = 1
@@ -694,8 +695,11 @@ def save_step(directory, step: int, tree, *, metadata: Optional[dict] = None,
     Returns the path.
     """
     step = _step_int(step)
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise CheckpointError(f"keep must be a positive int or None, got {keep!r}")
+    if keep is not None:
+        try:
+            keep = as_int(keep, "keep", "save_step", error=CheckpointError)
+        except CheckpointError:
+            raise CheckpointError(f"keep must be a positive int or None, got {keep!r}") from None
     os.makedirs(os.fspath(directory), exist_ok=True)
     metadata = dict(metadata or {})
     metadata.setdefault("step", step)

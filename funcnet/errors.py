@@ -23,5 +23,5 @@ class LayerError(FuncnetError):
         prefix = " > ".join(self.where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
-    def inside(self, label: str) -> "LayerError":
+    def inside(self, label: str) -> LayerError:
         return LayerError(self.message, (label,) + self.where)

@@ -22,8 +22,8 @@ from .core import FuncnetError, Layer, param_paths
 def rel_error(a, b) -> float:
     """max over elements of |a − b| / max(1e-8, |a| + |b|)  (cs231n's relative error).
     Works on arrays or pytrees of arrays; NaN entries (unsampled) are ignored."""
-    a = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(a)] or [np.zeros(0)])
-    b = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(b)] or [np.zeros(0)])
+    a, b = (np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(t)]
+                           or [np.zeros(0)]) for t in (a, b))
     if a.shape != b.shape:
         raise FuncnetError(f"rel_error: the two sides have {a.size} and {b.size} elements")
     keep = ~(np.isnan(a) | np.isnan(b))

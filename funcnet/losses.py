@@ -11,6 +11,9 @@ import numpy as np
 
 from .core import FuncnetError
 
+__all__ = ["softmax_cross_entropy", "binary_cross_entropy", "mse", "mae", "rmse", "l2", "accuracy",
+           "check_labels"]
+
 
 def _with_grad(grad, task=None):
     """Attach the hand-derived gradient to a loss as `loss.grad`, and the task it serves

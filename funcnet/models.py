@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ._validate import as_int
 from .core import LayerError, serial
 from .initializers import he
 from .layers import batch_norm, conv2d, dense, dropout, flatten, max_pool, relu
@@ -25,9 +26,8 @@ from .layers import batch_norm, conv2d, dense, dropout, flatten, max_pool, relu
 __all__ = ["lenet", "fc", "mlp", "MODELS", "build"]
 
 
-def _check_classes(num_classes, where):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise LayerError(f"{where}: num_classes must be an int >= 2, got {num_classes!r}")
+def _check_classes(num_classes, where) -> int:
+    return as_int(num_classes, "num_classes", where, minimum=2)
 
 
 def lenet(num_classes: int = 10, image_size: int = 28):
@@ -37,7 +37,8 @@ def lenet(num_classes: int = 10, image_size: int = 28):
     LeNet-5 sizes for 28x28 MNIST, smaller gives the 3x3 variant for 8x8 digits (see the
     module docstring). The last layer emits `num_classes` logits.
     """
-    _check_classes(num_classes, "lenet")
+    num_classes = _check_classes(num_classes, "lenet")
+    image_size = as_int(image_size, "image_size", "lenet")
     if image_size >= 20:
         return serial(conv2d(6, (5, 5), padding="SAME", w_init=he), relu, max_pool((2, 2)),
                       conv2d(16, (5, 5), w_init=he), relu, max_pool((2, 2)),
@@ -52,7 +53,7 @@ def lenet(num_classes: int = 10, image_size: int = 28):
 def fc(num_classes: int = 10, hidden: Sequence[int] = (100, 100), dropout_rate: float = 0.1):
     """cs231n's FullyConnectedNet: {dense - batch_norm - relu - dropout} per hidden layer,
     then a dense layer to `num_classes` logits. `dropout_rate=0` leaves dropout out."""
-    _check_classes(num_classes, "fc")
+    num_classes = _check_classes(num_classes, "fc")
     layers = [flatten]
     for h in hidden:
         layers += [dense(h, w_init=he), batch_norm(), relu]
@@ -63,7 +64,7 @@ def fc(num_classes: int = 10, hidden: Sequence[int] = (100, 100), dropout_rate: 
 
 def mlp(num_classes: int = 10, hidden: Sequence[int] = (128,)):
     """flatten - {dense - relu} per hidden layer - dense to `num_classes` logits."""
-    _check_classes(num_classes, "mlp")
+    num_classes = _check_classes(num_classes, "mlp")
     layers = [flatten]
     for h in hidden:
         layers += [dense(h, w_init=he), relu]
@@ -80,5 +81,5 @@ def build(name: str, input_shape, num_classes: int):
     if name == "lenet":
         if len(input_shape) != 4:
             raise LayerError(f"lenet needs NHWC images, got inputs of shape {tuple(input_shape)}")
-        return lenet(num_classes, image_size=min(input_shape[1:3]))
+        return lenet(num_classes, image_size=int(min(input_shape[1:3])))
     return MODELS[name](num_classes)

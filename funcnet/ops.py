@@ -16,12 +16,16 @@ Everything is vectorized jnp and jit-able; loops run over window cells, never pi
 from __future__ import annotations
 
 import math
+import operator
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from .core import LayerError
+from . import _validate
+from .errors import LayerError
+
+__all__ = ["correlate", "convolve", "rot180", "dilate", "pad_amounts", "out_size", "windows",
+           "scatter_windows", "downsample", "upsample"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -37,6 +41,15 @@ def _as_4d(x, w=None):
     return x, w, lambda y: y
 
 
+def _pair(v):
+    """An int (NumPy ints too) as (v, v); a pair as a tuple."""
+    try:
+        n = operator.index(v)
+    except TypeError:
+        return tuple(v)
+    return (n, n)
+
+
 def rot180(w):
     """Rotate a kernel by 180 degrees: flip both spatial axes (the first two)."""
     return w[::-1, ::-1]
@@ -44,7 +57,7 @@ def rot180(w):
 
 def dilate(x, stride):
     """Insert stride-1 zeros between neighbouring pixels of an NHWC batch (or a matrix)."""
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    sh, sw = _pair(stride)
     if (sh, sw) == (1, 1):
         return x
     x4, _, back = _as_4d(x)
@@ -59,40 +72,16 @@ def pad_amounts(padding, in_hw, window, stride, layer="layer"):
     "SAME" pads so that the output is ceil(in / stride), the extra row at the bottom (as
     TensorFlow and XLA do).
     """
-    if isinstance(padding, str):
-        mode = padding.upper()
-        if mode == "VALID":
-            return ((0, 0), (0, 0))
-        if mode == "SAME":
-            out = []
-            for n, k, s in zip(in_hw, window, stride):
-                total = max((math.ceil(n / s) - 1) * s + k - n, 0)
-                out.append((total // 2, total - total // 2))
-            return tuple(out)
-        raise LayerError(f"{layer}: padding must be 'VALID', 'SAME', an int or "
-                         f"((top, bottom), (left, right)), got {padding!r}")
-    if isinstance(padding, int) and not isinstance(padding, bool):
-        pairs = ((padding, padding), (padding, padding))
-    else:
-        try:
-            pairs = tuple((a, b) for a, b in padding)
-            # ints only: int() would silently truncate 1.5 to 1
-            ok = len(pairs) == 2 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                         for p in pairs for v in p)
-            pairs = tuple((int(a), int(b)) for a, b in pairs)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise LayerError(f"{layer}: padding must be 'VALID', 'SAME', an int or "
-                             f"((top, bottom), (left, right)), got {padding!r}")
-    if min(min(p) for p in pairs) < 0:
-        raise LayerError(f"{layer}: padding must not be negative, got {padding!r}")
-    return pairs
-
-
-def check_padding(padding, layer):
-    """Validate a padding spec at construction (shapes are not known yet)."""
-    pad_amounts(padding, (1, 1), (1, 1), (1, 1), layer)
+    padding = _validate.padding_spec(padding, layer)
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    if padding == "SAME":
+        out = []
+        for n, k, s in zip(in_hw, window, stride):
+            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
+    return padding
 
 
 def out_size(n, k, s):
@@ -120,9 +109,8 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
             padding = ((kh - 1, kh - 1), (kw - 1, kw - 1))
         else:
             raise LayerError(f"ops.correlate: mode must be 'valid' or 'full', got {mode!r}")
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
-    y = lax.conv_general_dilated(x4, w4.astype(x4.dtype), pair(stride), padding,
-                                 lhs_dilation=pair(lhs_dilation), rhs_dilation=pair(rhs_dilation),
+    y = lax.conv_general_dilated(x4, w4.astype(x4.dtype), _pair(stride), padding,
+                                 lhs_dilation=_pair(lhs_dilation), rhs_dilation=_pair(rhs_dilation),
                                  dimension_numbers=dims)
     return back(y)
 
@@ -182,7 +170,7 @@ def downsample(x, window=(2, 2), kind="max", edge="ignore"):
     multiple of the window and keeps it (the notes' two edge modes).
     """
     x4, _, back = _as_4d(x)
-    window = (window, window) if isinstance(window, int) else tuple(window)
+    window = _pair(window)
     cells = windows(x4, window, window, _edge_pads(x4.shape[1:3], window, edge))
     if kind == "max":
         return back(cells.max(-1))
@@ -195,7 +183,7 @@ def upsample(dy, window=(2, 2), shape=None):
     """Copy every value of dy to each cell of its window (the Kronecker product with a
     block of ones), then crop or zero-pad to `shape` (H, W) if given."""
     d4, _, back = _as_4d(dy)
-    ph, pw = (window, window) if isinstance(window, int) else tuple(window)
+    ph, pw = _pair(window)
     up = jnp.repeat(jnp.repeat(d4, ph, axis=1), pw, axis=2)
     if shape is not None:
         h, w = shape

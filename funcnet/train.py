@@ -89,9 +89,9 @@ class History(list):
 
     `history[i]` is epoch i+1's row; `history["val_loss"]` is that column as a list ("loss"
     and "accuracy" name the training columns). train_loss and train_accuracy are the means
-    over the epoch's steps of each step's batch values (before its update). `step_losses` holds every step's training
-    loss of this call (not of the steps before a resume). A run stopped mid-epoch by the
-    `steps` budget ends with a row marked "partial": True.
+    over the epoch's steps of each step's batch values (before its update). `step_losses`
+    holds every step's training loss of this call (not of the steps before a resume). A run
+    stopped mid-epoch by the `steps` budget ends with a row marked "partial": True.
     """
 
     def __init__(self, rows=()):
@@ -454,8 +454,7 @@ def _fit_settings(optimizer, train_data, *, loss, epochs, steps, batch_size, key
     if epochs is None and steps is None:
         raise FuncnetError(f"{where}: give a budget: epochs=... and/or steps=...")
     bs = min(as_int(batch_size, "batch_size", where, error=FuncnetError), n)
-    sync_ok = not isinstance(sync_every, bool) and isinstance(sync_every, (int, np.integer))
-    if not sync_ok or not 1 <= sync_every <= 16:
+    if as_int(sync_every, "sync_every", where, error=FuncnetError) > 16:
         raise FuncnetError(f"{where}: sync_every must be an int in [1, 16], got {sync_every!r}")
     if target_loss is not None and not isinstance(target_loss, (int, float)):
         raise FuncnetError(f"{where}: target_loss must be a number, got {target_loss!r}")
@@ -663,7 +662,7 @@ class _Metrics:
             f"infinite values and try a smaller learning rate.{self.checkpoints.note()}",
             step=step, epoch=epoch + 1, loss=value, checkpoint=last)
 
-    def row(self, epoch, step, task) -> "_Row":
+    def row(self, epoch, step, task) -> _Row:
         """The epoch's row from its sums (the pending metrics are fetched first)."""
         self.drain()
         count = max(self.sums["count"], 1)

@@ -71,7 +71,7 @@ def test_every_conv_and_pool_formulation_matches_xla():
         dy = jax.random.normal(k3, (2, 7, 7, 4) if c_in == 1 else (2, 3, 3, 4))
 
         @functools.partial(jax.jit, static_argnums=3)
-        def value_and_vjp(x, w, dy, conv):  # one compilation instead of many eager ops
+        def value_and_vjp(x, w, dy, conv, pad=pad):  # one compilation instead of many eager ops
             y, vjp = jax.vjp(lambda x, w: conv(x, w, pad), x, w)
             return y, vjp(dy)
 

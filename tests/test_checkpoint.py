@@ -171,7 +171,8 @@ def test_mismatched_like_lists_every_difference(tmp_path):
     tree = _tree()
     ck.save(tmp_path / "c.npz", tree)
     like = _tree()
-    like["train"] = like["train"]._replace(step=jnp.zeros(2), opt_state=optax.sgd(0.1).init(like["train"].params))
+    like["train"] = like["train"]._replace(step=jnp.zeros(2),
+                                           opt_state=optax.sgd(0.1).init(like["train"].params))
     like["bf16"] = jnp.zeros(4, jnp.float32)
     like["new"] = {"a": jnp.zeros(1)}
     del like["raw_key"]

@@ -129,7 +129,7 @@ def test_every_layer_apply_shape_matches_output_shape_on_real_data():
     x = jnp.asarray(normal(1, in_shape), jnp.float32)
     shape = in_shape
     for i, layer in enumerate(model.layers):
-        x, _ = jax.jit(lambda p, s, x, k: layer.apply(p, s, x, train=True, key=k))(
+        x, _ = jax.jit(lambda p, s, x, k, layer=layer: layer.apply(p, s, x, train=True, key=k))(
             params[i], state[i], x, jax.random.PRNGKey(i))
         shape = layer.output_shape(shape)
         assert x.shape == shape, (i, layer.name)
@@ -287,7 +287,7 @@ def test_vmap_over_an_ensemble_of_params():
     ys = jax.vmap(apply, in_axes=(0, None))(params, state)
     assert ys.shape == (4, 2, 3)
     for i in range(4):
-        p_i = jax.tree_util.tree_map(lambda a: a[i], params)
+        p_i = jax.tree_util.tree_map(lambda a, i=i: a[i], params)
         np.testing.assert_allclose(np.asarray(ys[i]), np.asarray(apply(p_i, state)),
                                    rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.asarray(ys[0]), np.asarray(ys[1]))
@@ -321,7 +321,7 @@ def test_errors_inside_nested_serials_give_the_full_path():
     model = fn.serial(fn.flatten, fn.serial(fn.relu, fn.conv2d(2, 3)))
     with pytest.raises(fn.LayerError) as e:
         model.init(jax.random.PRNGKey(0), (2, 4, 4, 1))
-    assert str(e.value).startswith("layer 1 (serial) > layer 1 (conv2d): conv2d expects NHWC input")
+    assert str(e.value).startswith("layer 1 (serial) > layer 1 (conv2d): conv2d: expects NHWC input")
     assert e.value.where == ("layer 1 (serial)", "layer 1 (conv2d)")
     assert "(2, 16)" in str(e.value)
     with pytest.raises(fn.LayerError, match=r"^layer 1 \(serial\) > layer 1 \(conv2d\)"):
@@ -341,8 +341,30 @@ def test_params_of_the_wrong_structure_fail_clearly_at_apply():
 def test_wrong_rank_at_apply_names_the_layer():
     model = fn.serial(fn.conv2d(2, 3), fn.flatten, fn.dense(2))
     params, state = model.init(jax.random.PRNGKey(0), (1, 5, 5, 1))
-    with pytest.raises(fn.LayerError, match=r"^layer 0 \(conv2d\): conv2d expects NHWC input .* "
+    with pytest.raises(fn.LayerError, match=r"^layer 0 \(conv2d\): conv2d: expects NHWC input .* "
                                             r"got shape \(5, 5, 1\)"):
         model.apply(params, state, jnp.ones((5, 5, 1)))
-    with pytest.raises(fn.LayerError, match=r"^layer 2 \(dense\): dense expects 18 input features"):
+    with pytest.raises(fn.LayerError, match=r"^layer 2 \(dense\): dense: expects 18 input features"):
         model.apply(params, state, jnp.ones((1, 5, 6, 1)))
+
+
+def test_numpy_ints_are_accepted_wherever_python_ints_are():
+    key = jax.random.PRNGKey(0)
+    model = fn.serial(fn.conv2d(np.int64(2), np.int32(3), stride=np.int64(1), padding=np.int64(1)),
+                      fn.max_pool(np.int64(2)), fn.flatten, fn.dense(np.int32(3)))
+    params, _ = model.init(key, (1, 6, 6, 1))
+    assert params[0]["w"].shape == (3, 3, 1, 2) and params[3]["w"].shape == (18, 3)
+    assert fn.models.mlp(np.int64(4), (np.int64(5),)).init(key, (1, 3))[0][-1]["w"].shape == (5, 4)
+    assert fn.models.lenet(np.int64(3), np.int64(8)).init(key, (1, 8, 8, 1))[0][-1]["w"].shape[1] == 3
+
+
+def test_serial_backward_names_the_layer_on_error():
+    def bad_backward(params, cache, dy):
+        raise fn.LayerError("custom: dy has the wrong shape")
+
+    custom = fn.identity._replace(backward=bad_backward, name="custom")
+    model = fn.serial(fn.dense(2), fn.serial(fn.relu, custom))
+    params, state = model.init(jax.random.PRNGKey(0), (1, 3))
+    _, _, cache = model.forward(params, state, jnp.ones((1, 3)))
+    with pytest.raises(fn.LayerError, match=r"^layer 1 \(serial\) > layer 1 \(custom\): custom: dy"):
+        model.backward(params, cache, jnp.ones((1, 2)))

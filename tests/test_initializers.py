@@ -78,3 +78,49 @@ def test_layers_take_an_initializer_or_a_number_as_w_init(layer, shape, std):
 def test_gaussian_rejects_bad_std(std):
     with pytest.raises(fn.FuncnetError, match="gaussian: std must be a finite number >= 0"):
         initializers.gaussian(std)
+
+
+# ----------------------------------------------------------------------------- named by formula
+
+@pytest.mark.parametrize("name, variance", [
+    ("lecun_normal", lambda fi, fo: 1 / fi), ("he_normal", lambda fi, fo: 2 / fi),
+    ("glorot_normal", lambda fi, fo: 2 / (fi + fo)), ("glorot_uniform", lambda fi, fo: 2 / (fi + fo))])
+def test_named_initializers_have_their_formulas_variance(name, variance):
+    shape = (5, 5, 16, 256)  # fan_in 400, fan_out 256: every formula gives a different std
+    w = np.asarray(getattr(initializers, name)(jax.random.PRNGKey(0), shape), np.float64)
+    std = math.sqrt(variance(400, 256))
+    assert w.std() == pytest.approx(std, rel=0.02)
+    if name == "glorot_uniform":  # U(-a, a) with a = sqrt(6 / (fan_in + fan_out))
+        assert np.abs(w).max() <= math.sqrt(6 / 656) and np.abs(w).max() > 0.99 * math.sqrt(6 / 656)
+    else:
+        assert np.mean(np.abs(w) < std) == pytest.approx(0.6827, abs=0.01)
+
+
+def test_the_notes_names_are_aliases_with_unchanged_values():
+    assert initializers.xavier is initializers.lecun is initializers.lecun_normal
+    assert initializers.he is initializers.he_normal
+    assert initializers.fan_out((5, 5, 3, 6)) == 6 and initializers.fan_out((784, 100)) == 100
+    w = initializers.xavier(jax.random.PRNGKey(3), (4, 3))  # N(0, 1/fan_in), drawn as before
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(jax.random.normal(jax.random.PRNGKey(3), (12,))
+                                                            .reshape(4, 3) / 2.0))
+
+
+def test_zero_sized_dimensions_are_refused_naming_the_layer():
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(fn.LayerError, match=r"^layer 0 \(dense\): dense: input shape \(1, 0\) has a zero"):
+        fn.serial(fn.dense(4)).init(key, (1, 0))
+    for layer, shape in ((fn.dense(4), (2, 0)), (fn.conv2d(2, 3), (1, 5, 5, 0)),
+                         (fn.batch_norm(), (0, 3)), (fn.max_pool(2), (1, 0, 4, 1))):
+        with pytest.raises(fn.LayerError, match=f"{layer.name}: input shape .* zero-sized"):
+            layer.init(key, shape)
+    with pytest.raises(fn.LayerError, match=r"layer 0 \(flatten\): flatten: input shape \(2, 0, 3\)"):
+        fn.serial(fn.flatten, fn.relu).init(key, (2, 0, 3))
+    for init in (initializers.xavier, initializers.glorot_uniform, initializers.gaussian(0.1)):
+        with pytest.raises(fn.LayerError, match=r"cannot initialize a weight of shape \(0, 3\)"):
+            init(key, (0, 3))
+
+
+def test_a_bad_w_init_is_a_layer_error_like_a_bad_out():
+    for bad in (dict(out=2.5), dict(out=4, w_init="he"), dict(out=4, b_init=None)):
+        with pytest.raises(fn.LayerError, match="^dense: "):
+            fn.dense(**bad)

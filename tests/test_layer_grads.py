@@ -38,7 +38,7 @@ def build(spec):
     return getattr(fn, name)(*args) if args else getattr(fn, name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(spec, train):
     """(objective, manual_and_autodiff) for a layer spec, jitted once per spec and shape."""
     layer = build(spec)

@@ -1,6 +1,5 @@
 """ops: correlate / convolve in "valid" and "full" mode, rot180, dilate, downsample,
 upsample — on 2-D matrices (as in the notes) and on NHWC batches, against loops."""
-import math
 
 import jax
 import jax.numpy as jnp

@@ -7,10 +7,12 @@ convolution with the kernel rotated by 180 degrees; the two are the same functio
 """
 import jax
 
-from .._validate import as_int, check, float_dtype, positive_pair
-from ..core import Layer, LayerError
-from ..initializers import resolve, xavier, zeros
-from ..ops import check_padding, correlate, out_size, pad_amounts, rot180
+from .._validate import as_int, check, float_dtype, nonempty_shape, padding_spec, positive_pair
+from ..core import Layer
+from ..initializers import _resolve, xavier, zeros
+from ..ops import correlate, out_size, pad_amounts, rot180
+
+__all__ = ["conv2d"]
 
 
 def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xavier,
@@ -23,25 +25,26 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xav
     out_channels = as_int(out_channels, "out_channels", "conv2d")
     kernel = positive_pair(kernel_size, "kernel_size", "conv2d")
     strides = positive_pair(stride, "stride", "conv2d")
-    check_padding(padding, "conv2d")
-    w_init, b_init = resolve(w_init, "conv2d", "w_init"), resolve(b_init, "conv2d", "b_init")
+    padding_spec(padding, "conv2d")
+    w_init, b_init = _resolve(w_init, "conv2d", "w_init"), _resolve(b_init, "conv2d", "b_init")
 
     def pads_for(shape):
         return pad_amounts(padding, shape[1:3], kernel, strides, "conv2d")
 
     def output_shape(shape):
-        check(len(shape) == 4, "conv2d expects NHWC input (batch, height, width, channels), "
+        check(len(shape) == 4, "conv2d: expects NHWC input (batch, height, width, channels), "
               f"got shape {shape}")
         pads = pads_for(shape)
         hp, wp = shape[1] + sum(pads[0]), shape[2] + sum(pads[1])
         check(hp >= kernel[0] and wp >= kernel[1],
-              f"conv2d kernel {kernel} is larger than its input: height x width {(hp, wp)} after "
+              f"conv2d: kernel {kernel} is larger than its input: height x width {(hp, wp)} after "
               f"padding {padding!r} (input shape {shape})")
         return (shape[0], out_size(hp, kernel[0], strides[0]), out_size(wp, kernel[1], strides[1]),
                 out_channels)
 
     def init(key, input_shape, dtype=None):
-        output_shape(tuple(input_shape))
+        input_shape = nonempty_shape(input_shape, "conv2d")
+        output_shape(input_shape)
         kw, kb = jax.random.split(key)
         dtype = float_dtype(dtype)
         w = w_init(kw, kernel + (input_shape[3], out_channels), dtype)
@@ -50,7 +53,7 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xav
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))
         c_in = params["w"].shape[2]
-        check(x.shape[3] == c_in, f"conv2d expects {c_in} input channels (w is "
+        check(x.shape[3] == c_in, f"conv2d: expects {c_in} input channels (w is "
               f"{tuple(params['w'].shape)}), got input of shape {tuple(x.shape)}")
         y = correlate(x, params["w"], stride=strides, padding=pads_for(x.shape))
         return y + params["b"], state, {"x": x}

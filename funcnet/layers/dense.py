@@ -1,8 +1,11 @@
 """Fully-connected (affine) layer: y = x W + b, with x of shape (batch, features)."""
-from .._validate import as_int, check, float_dtype
-from ..core import Layer, LayerError
-from ..initializers import resolve, xavier, zeros
 import jax
+
+from .._validate import as_int, check, float_dtype, nonempty_shape
+from ..core import Layer
+from ..initializers import _resolve, xavier, zeros
+
+__all__ = ["dense"]
 
 
 def dense(out: int, w_init=xavier, b_init=zeros) -> Layer:
@@ -12,15 +15,16 @@ def dense(out: int, w_init=xavier, b_init=zeros) -> Layer:
     weight_scale); Xavier by default. Biases start at zero.
     """
     out = as_int(out, "out", "dense")
-    w_init, b_init = resolve(w_init, "dense", "w_init"), resolve(b_init, "dense", "b_init")
+    w_init, b_init = _resolve(w_init, "dense", "w_init"), _resolve(b_init, "dense", "b_init")
 
     def output_shape(shape):
         hint = "; add flatten before dense" if len(shape) > 2 else ""
-        check(len(shape) == 2, f"dense expects rank-2 input (batch, features), got shape {shape}{hint}")
+        check(len(shape) == 2, f"dense: expects rank-2 input (batch, features), got shape {shape}{hint}")
         return (shape[0], out)
 
     def init(key, input_shape, dtype=None):
-        output_shape(tuple(input_shape))
+        input_shape = nonempty_shape(input_shape, "dense")
+        output_shape(input_shape)
         kw, kb = jax.random.split(key)
         dtype = float_dtype(dtype)
         return {"w": w_init(kw, (input_shape[1], out), dtype), "b": b_init(kb, (out,), dtype)}, {}
@@ -28,7 +32,7 @@ def dense(out: int, w_init=xavier, b_init=zeros) -> Layer:
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))
         fan_in = params["w"].shape[0]
-        check(x.shape[1] == fan_in, f"dense expects {fan_in} input features (w is "
+        check(x.shape[1] == fan_in, f"dense: expects {fan_in} input features (w is "
               f"{tuple(params['w'].shape)}), got input of shape {tuple(x.shape)}")
         return x @ params["w"] + params["b"], state, {"x": x}
 

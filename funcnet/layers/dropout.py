@@ -1,8 +1,9 @@
 """Inverted dropout (Srivastava et al. 2014; cs231n, Ng)."""
 import jax
-import jax.numpy as jnp
 
 from ..core import Layer, LayerError
+
+__all__ = ["dropout"]
 
 
 def dropout(rate: float) -> Layer:

@@ -4,8 +4,10 @@ import math
 
 import jax.numpy as jnp
 
-from .._validate import check, float_dtype
+from .._validate import check, float_dtype, nonempty_shape
 from ..core import Layer, LayerError
+
+__all__ = ["batch_norm"]
 
 
 def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
@@ -22,11 +24,12 @@ def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
         raise LayerError(f"batch_norm: momentum must be in [0, 1], got {momentum!r}")
 
     def output_shape(shape):
-        check(len(shape) >= 2, f"batch_norm expects input (batch, ..., features), got shape {shape}")
+        check(len(shape) >= 2, f"batch_norm: expects input (batch, ..., features), got shape {shape}")
         return tuple(shape)
 
     def init(key, input_shape, dtype=None):
-        output_shape(tuple(input_shape))
+        input_shape = nonempty_shape(input_shape, "batch_norm")
+        output_shape(input_shape)
         f, dtype = input_shape[-1], float_dtype(dtype)
         params = {"gamma": jnp.ones((f,), dtype), "beta": jnp.zeros((f,), dtype)}
         return params, {"mean": jnp.zeros((f,), dtype), "var": jnp.ones((f,), dtype)}
@@ -34,7 +37,7 @@ def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))
         f = params["gamma"].shape[0]
-        check(x.shape[-1] == f, f"batch_norm has {f} features, got input of shape {tuple(x.shape)}")
+        check(x.shape[-1] == f, f"batch_norm: has {f} features, got input of shape {tuple(x.shape)}")
         axes = tuple(range(x.ndim - 1))
         if train:
             mean, var = x.mean(axes), x.var(axes)

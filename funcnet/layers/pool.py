@@ -9,58 +9,60 @@ with −∞ (a pad never wins); mean pooling pads with 0 and always divides by t
 """
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import check, float_dtype, positive_pair
+from .._validate import check, float_dtype, nonempty_shape, padding_spec, positive_pair, shape_token
 from ..core import Layer, LayerError
-from ..initializers import resolve
-from ..ops import check_padding, out_size, pad_amounts, scatter_windows, windows
+from ..initializers import _resolve
+from ..ops import out_size, pad_amounts, scatter_windows, windows
+
+__all__ = ["max_pool", "avg_pool", "gaussian_pool", "learned_pool", "gaussian_kernel"]
 
 
-def _pool(name, window, stride, padding, cells_forward, cells_backward, init_params=None):
+def _pool(name, window, stride, padding, cells_forward, cells_backward, init_params=None, *,
+          pad_value=0.0):
     """Build a pool layer from what it does with the cells of each window.
 
     cells_forward(params, cells) -> (y, extra cache) and
-    cells_backward(params, cache, dy) -> (dparams, d_cells) work on (N, Ho, Wo, C, ph·pw).
+    cells_backward(params, cache, dy) -> (dparams, d_cells) work on (N, Ho, Wo, C, ph·pw);
+    padding cells hold `pad_value`.
     """
     window = positive_pair(window, "window", name)
     strides = window if stride is None else positive_pair(stride, "stride", name)
-    check_padding(padding, name)
-    pad_value = -jnp.inf if name == "max_pool" else 0.0
+    padding_spec(padding, name)
 
     def pads_for(shape):
         return pad_amounts(padding, shape[1:3], window, strides, name)
 
     def output_shape(shape):
-        check(len(shape) == 4, f"{name} expects NHWC input (batch, height, width, channels), "
+        check(len(shape) == 4, f"{name}: expects NHWC input (batch, height, width, channels), "
               f"got shape {shape}")
         pads = pads_for(shape)
         # A window made of padding alone would pool nothing (−∞ for max): pads stay under it.
         check(all(p < k for side, k in zip(pads, window) for p in side),
-              f"{name} padding {padding!r} must be smaller than the window {window} on every side")
+              f"{name}: padding {padding!r} must be smaller than the window {window} on every side")
         hp, wp = shape[1] + sum(pads[0]), shape[2] + sum(pads[1])
         check(hp >= window[0] and wp >= window[1],
-              f"{name} window {window} is larger than its input: height x width {(hp, wp)} after "
+              f"{name}: window {window} is larger than its input: height x width {(hp, wp)} after "
               f"padding {padding!r} (input shape {shape})")
         return (shape[0], out_size(hp, window[0], strides[0]), out_size(wp, window[1], strides[1]),
                 shape[3])
 
     def init(key, input_shape, dtype=None):
-        output_shape(tuple(input_shape))
-        params = {} if init_params is None else init_params(key, tuple(input_shape), float_dtype(dtype))
+        input_shape = nonempty_shape(input_shape, name)
+        output_shape(input_shape)
+        params = {} if init_params is None else init_params(key, input_shape, float_dtype(dtype))
         return params, {}
 
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))
         if "w" in params:
-            check(params["w"].shape[-1] == x.shape[3], f"{name} has weights for "
+            check(params["w"].shape[-1] == x.shape[3], f"{name}: has weights for "
                   f"{params['w'].shape[-1]} channels, got input of shape {tuple(x.shape)}")
         cells = windows(x, window, strides, pads_for(x.shape), pad_value)
         y, cache = cells_forward(params, cells)
-        # The input's shape travels in the cache as an empty array (a cache holds arrays).
-        return y, state, dict(cache, like=jnp.zeros((0,) + x.shape[1:], x.dtype))
+        return y, state, dict(cache, like=shape_token(x))
 
     def backward(params, cache, dy):
         dparams, d_cells = cells_backward(params, cache, dy)
@@ -88,7 +90,9 @@ def max_pool(window, stride=None, padding="VALID") -> Layer:
         hit = cache["idx"][..., None] == jnp.arange(win[0] * win[1])
         return {}, jnp.where(hit, dy[..., None], 0)
 
-    return _pool("max_pool", window, stride, padding, cells_forward, cells_backward)
+    # Padding with −∞: a pad never wins a window.
+    return _pool("max_pool", window, stride, padding, cells_forward, cells_backward,
+                 pad_value=-jnp.inf)
 
 
 def avg_pool(window, stride=None, padding="VALID") -> Layer:
@@ -141,7 +145,7 @@ def learned_pool(window, stride=None, padding="VALID", w_init=None) -> Layer:
     win = positive_pair(window, "window", "learned_pool")
     area = win[0] * win[1]
     w_init = (lambda k, s, d: jnp.full(s, 1.0 / area, d)) if w_init is None \
-        else resolve(w_init, "learned_pool", "w_init")
+        else _resolve(w_init, "learned_pool", "w_init")
 
     def init_params(key, input_shape, dtype):
         return {"w": w_init(key, win + (input_shape[3],), dtype)}

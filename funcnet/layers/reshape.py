@@ -1,14 +1,14 @@
 """flatten: (batch, ...) -> (batch, features), the notes' rasterization (光栅化)."""
 import math
 
-import jax.numpy as jnp
-
-from .._validate import check
+from .._validate import check, shape_token
 from ..core import Layer
+
+__all__ = ["flatten"]
 
 
 def _output_shape(shape):
-    check(len(shape) >= 2, f"flatten expects input with a batch axis, got shape {shape}")
+    check(len(shape) >= 2, f"flatten: expects input with a batch axis, got shape {shape}")
     return (shape[0], math.prod(shape[1:]))
 
 
@@ -20,7 +20,7 @@ def _init(key, input_shape, dtype=None):
 def _forward(params, state, x, *, train=False, key=None):
     _output_shape(tuple(x.shape))
     # The cache keeps only the input's shape, as an empty array (a cache holds arrays).
-    return x.reshape(x.shape[0], -1), state, {"like": jnp.zeros((0,) + x.shape[1:], x.dtype)}
+    return x.reshape(x.shape[0], -1), state, {"like": shape_token(x)}
 
 
 def _backward(params, cache, dy):

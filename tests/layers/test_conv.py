@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, strategies as st
 
 import funcnet as fn
-from funcnet import initializers
 from tests.reference import as_pair, int_or_pair, normal, pair, pool_init, resolve_pads
 
 

@@ -1,6 +1,5 @@
 """batch_norm: batch statistics (biased variance) in training, running statistics in
 evaluation, the running update, and the same per channel over NHWC conv features."""
-import math
 
 import jax
 import jax.numpy as jnp

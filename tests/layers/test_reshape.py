@@ -31,6 +31,6 @@ def test_flatten_order_matches_nhwc_rasterization():
 
 
 def test_flatten_without_batch_axis_fails_naming_the_layer():
-    with pytest.raises(fn.LayerError, match=r"layer 1 \(flatten\): flatten expects input with a "
+    with pytest.raises(fn.LayerError, match=r"layer 1 \(flatten\): flatten: expects input with a "
                                             r"batch axis, got shape \(7,\)"):
         fn.serial(fn.relu, fn.flatten).init(jax.random.PRNGKey(0), (7,))
