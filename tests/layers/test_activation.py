@@ -7,6 +7,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import funcnet as fn
+from tests.layers.three_way import SEEDS, configs, three_way
 
 
 def np_sigmoid(x):
@@ -76,3 +77,18 @@ def test_softmax_works_over_the_last_axis_only():
     s, _ = fn.softmax.apply({}, {}, z)
     np.testing.assert_allclose(np.asarray(s.sum(-1)), np.ones((2, 3)), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(s[0, 0]), np.asarray(s[1, 2]), rtol=1e-6)  # shift-invariant
+
+
+# ----------------------------------------------------------------------------- three ways
+# manual backward vs jax.vjp vs finite differences (tests/layers/three_way.py)
+
+ACTIVATIONS = ["relu", "sigmoid", "tanh", "sign", "softmax", "log_softmax", "identity"]
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+@given(shape=configs([(3, 4), (2, 2, 3, 2)], st.sampled_from([(2, 3), (1, 5), (2, 2, 3, 2)])),
+       seed=SEEDS)
+def test_activation(name, shape, seed):
+    m, _ = three_way((name,), shape, seed)
+    if name == "sign":  # zero almost everywhere: nothing trains through a sign layer
+        assert not np.any(np.asarray(m[1]))

@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from tests.reference import as_pair, int_or_pair, normal, pair, pool_init, resolve_pads
+from tests.layers.three_way import SEEDS, configs, three_way
 
 
 def conv_reference(x, w, b, stride, pads):
@@ -156,3 +157,28 @@ def test_conv_channel_mismatch_at_apply_names_the_layer_and_shapes():
     # also under jit: the check runs at trace time, before XLA sees the shapes
     with pytest.raises(fn.LayerError, match="expects 3 input channels"):
         jax.jit(model.apply)(params, state, jnp.zeros((1, 5, 5, 4)))
+
+
+# ----------------------------------------------------------------------------- three ways
+# manual backward vs jax.vjp vs finite differences (tests/layers/three_way.py)
+
+PADDINGS = st.sampled_from(["VALID", "SAME", 0, 1, 2, ((0, 1), (2, 0)), ((1, 2), (0, 1))])
+CONV_FULL = st.tuples(st.integers(1, 3), st.sampled_from([1, 2, 3, (1, 2), (2, 3), (3, 1)]),
+                      st.sampled_from([1, 2, 3, (1, 2), (2, 1)]), PADDINGS,
+                      st.sampled_from([(5, 5), (6, 4), (7, 7), (8, 5)]), st.integers(1, 2))
+# (out, kernel, stride, padding, (h, w), c_in): every padding mode; ragged edges where the
+# windows stop short of the input (rows/columns no window reads get zero gradient).
+CONV_CURATED = [
+    (2, 3, 1, "VALID", (5, 5), 2),
+    (1, (2, 3), 2, "SAME", (6, 4), 1),         # SAME with stride: uneven padding
+    (2, 3, 3, 1, (8, 8), 2),                   # int padding, stride 3, one ragged row/column
+    (2, (3, 1), (2, 1), ((0, 1), (2, 0)), (7, 4), 1),  # explicit pairs, ragged bottom row
+    (1, 2, (1, 2), "SAME", (5, 7), 2),
+    (3, 1, 2, "VALID", (5, 6), 1),             # 1x1 kernel, stride 2: skipped rows/columns
+]
+
+
+@given(case=configs(CONV_CURATED, CONV_FULL), seed=SEEDS)
+def test_conv2d(case, seed):
+    out, kernel, stride, padding, hw, c_in = case
+    three_way(("conv2d", out, kernel, stride, padding), (2,) + hw + (c_in,), seed)

@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 import funcnet as fn
 from funcnet import initializers
 from tests.reference import normal, pool_init
+from tests.layers.three_way import SEEDS, configs, three_way
 
 
 @given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 5), fan_in=st.integers(1, 8),
@@ -92,3 +93,14 @@ def test_dense_feature_mismatch_at_apply_names_layer_not_xla():
         assert "dot_general" not in msg
     with pytest.raises(fn.LayerError, match=r"layer 0 \(dense\).*\(2, 5, 1\).*add flatten"):
         model.apply(params, state, jnp.zeros((2, 5, 1)))
+
+
+# ----------------------------------------------------------------------------- three ways
+# manual backward vs jax.vjp vs finite differences (tests/layers/three_way.py)
+
+@given(case=configs([(1, (1, 1)), (3, (4, 5)), (2, (3, 2))],
+                    st.tuples(st.integers(1, 4), st.sampled_from([(1, 1), (3, 2), (4, 5)]))),
+       seed=SEEDS)
+def test_dense(case, seed):
+    out, shape = case
+    three_way(("dense", out), shape, seed)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import funcnet as fn
+from tests.layers.three_way import SEEDS, configs, three_way
 
 
 @given(rate=st.floats(0.0, 0.95), seed=st.integers(0, 2**31 - 1))
@@ -82,3 +83,32 @@ def test_training_without_a_key_is_a_clear_error():
 def test_rate_outside_zero_one_fails_at_construction(rate):
     with pytest.raises(fn.LayerError, match=r"dropout: rate .* must be in \[0, 1\), got"):
         fn.dropout(rate)
+
+
+# ----------------------------------------------------------------------------- three ways
+# manual backward vs jax.vjp vs finite differences (tests/layers/three_way.py)
+
+DROPOUT_CURATED = [(0.5, True, (3, 4)), (0.1, True, (2, 3, 3, 2)), (0.9, True, (3, 4)),
+                   (0.0, True, (3, 4)), (0.5, False, (2, 3, 3, 2))]
+DROPOUT_FULL = st.tuples(st.sampled_from([0.0, 0.1, 0.5, 0.9]), st.booleans(),
+                         st.sampled_from([(3, 4), (2, 3, 3, 2)]))
+
+
+@given(case=configs(DROPOUT_CURATED, DROPOUT_FULL), seed=SEEDS)
+def test_dropout(case, seed):
+    """The backward uses the forward's mask: the same key gives the same mask."""
+    rate, train, shape = case
+    m, _ = three_way(("dropout", rate), shape, seed, train=train)
+    dx = np.asarray(m[1])
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.PRNGKey(seed), 6)  # as three_way splits them
+        x = jax.random.normal(k[2], shape, jnp.float64)
+        y, _ = fn.dropout(rate).apply({}, {}, x, train=train, key=k[4])
+        g = np.asarray(jax.random.normal(k[3], shape, jnp.float64))
+    if not train or rate == 0:
+        np.testing.assert_array_equal(dx, g)
+        return
+    # Kept units pass δ / (1 − rate), dropped ones 0.
+    kept = np.asarray(y) != 0
+    np.testing.assert_allclose(dx[kept] * (1 - rate), g[kept], rtol=1e-12)
+    assert not np.any(dx[~kept])

@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from tests.reference import normal
+from tests.layers.three_way import SEEDS, configs, three_way
 
 
 def bn_reference(x, gamma, beta, mean, var, eps):
@@ -114,3 +115,27 @@ def test_batch_norm_shape_errors_name_the_layer():
         model.apply(params, state, jnp.zeros((3, 2)))
     msg = str(e.value)
     assert msg.startswith("layer 1 (batch_norm): ") and "6 features" in msg and "(3, 4)" in msg
+
+
+# ----------------------------------------------------------------------------- three ways
+# manual backward vs jax.vjp vs finite differences (tests/layers/three_way.py)
+
+def running_stats(state, key):
+    k1, k2 = jax.random.split(key)
+    return {"mean": jax.random.normal(k1, state["mean"].shape, state["mean"].dtype),
+            "var": 0.5 + jax.random.uniform(k2, state["var"].shape, state["var"].dtype)}
+
+
+# (train, shape, momentum, eps)
+BN_CURATED = [(True, (4, 3), 0.9, 1e-5), (True, (2, 3, 2, 2), 0.0, 1e-2),
+              (False, (4, 3), 0.9, 1e-2), (False, (1, 2, 2, 3), 0.9, 1e-5)]
+BN_FULL = st.tuples(st.booleans(), st.sampled_from([(4, 3), (3, 1), (2, 3, 2, 2), (1, 2, 2, 3)]),
+                    st.sampled_from([0.0, 0.9]), st.sampled_from([1e-5, 1e-2]))
+
+
+@given(case=configs(BN_CURATED, BN_FULL), seed=SEEDS)
+def test_batch_norm(case, seed):
+    """Training (the full dx through the batch mean and variance) and evaluation (running
+    statistics as constants), for dense (N, F) and NHWC conv features."""
+    train, shape, momentum, eps = case
+    three_way(("batch_norm", momentum, eps), shape, seed, train=train, state_fn=running_stats)

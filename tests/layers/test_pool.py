@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 
 import funcnet as fn
 from tests.reference import as_pair, int_or_pair, normal, pair, resolve_pads
+from tests.layers.three_way import SEEDS, configs, three_way
 
 
 def gaussian_weights(window, sigma):
@@ -212,3 +213,107 @@ def test_learned_pool_channel_mismatch_at_apply_names_the_layer():
         model.apply(params, state, jnp.zeros((1, 4, 4, 5)))
     msg = str(e.value)
     assert msg.startswith("layer 0 (learned_pool): ") and "3 channels" in msg and "(1, 4, 4, 5)" in msg
+
+
+# ----------------------------------------------------------------------------- three ways
+# manual backward vs jax.vjp vs finite differences (tests/layers/three_way.py)
+
+def pool_padding(window):
+    """Paddings for a window: named, an int, or explicit pairs, each side < the window
+    (a max-pool window made of padding alone would have no maximum)."""
+    ph, pw = window
+    return st.one_of(st.sampled_from(["VALID", "SAME"]),
+                     st.integers(0, min(ph, pw) - 1),
+                     st.tuples(st.tuples(st.integers(0, ph - 1), st.integers(0, ph - 1)),
+                               st.tuples(st.integers(0, pw - 1), st.integers(0, pw - 1))))
+
+
+@st.composite
+def pool_full(draw):
+    window = draw(st.sampled_from([(2, 2), (3, 3), (2, 3), (1, 2)]))
+    stride = draw(st.sampled_from([None, 1, 2, (1, 2)]))  # None = the window; 1 overlaps
+    return window, stride, draw(pool_padding(window)), draw(st.sampled_from([(4, 4), (5, 7)]))
+
+
+# (window, stride, padding, (h, w))
+POOL_CURATED = [
+    ((2, 2), None, "VALID", (5, 7)),           # the notes' 2x2 pooling, ragged edge ignored
+    ((3, 3), 1, "VALID", (4, 4)),              # overlapping windows
+    ((2, 3), (1, 2), "SAME", (5, 7)),          # SAME keeps the ragged edge
+    ((2, 2), None, 1, (4, 4)),                 # int padding
+    ((3, 2), 2, ((1, 2), (0, 1)), (5, 7)),     # explicit pairs, overlapping rows
+]
+
+
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool", "learned_pool"])
+@given(case=configs(POOL_CURATED, pool_full()), seed=SEEDS)
+def test_pool(name, case, seed):
+    window, stride, padding, hw = case
+    three_way((name, window, stride, padding), (2,) + hw + (2,), seed)
+
+
+@given(case=configs([c + (s,) for c, s in zip(POOL_CURATED, [1.0, 0.5, 3.0, 1.0, 0.7])],
+                    st.tuples(pool_full(), st.sampled_from([0.5, 1.0, 3.0])).map(
+                        lambda t: t[0] + (t[1],))),
+       seed=SEEDS)
+def test_gaussian_pool(case, seed):
+    window, stride, padding, hw, sigma = case
+    three_way(("gaussian_pool", window, sigma, stride, padding), (2,) + hw + (2,), seed)
+
+
+def first_max_routing(x, dy, window, stride):
+    """Reference max-pool backward by loops: δ goes to the first maximum of each window in
+    row-major order (VALID padding)."""
+    n, h, w, c = x.shape
+    (ph, pw), (sh, sw) = window, stride
+    dx = np.zeros_like(x)
+    for b in range(n):
+        for i in range(dy.shape[1]):
+            for j in range(dy.shape[2]):
+                for ch in range(c):
+                    cells = x[b, i * sh:i * sh + ph, j * sw:j * sw + pw, ch]
+                    r, s = divmod(int(np.argmax(cells)), pw)  # np.argmax: first maximum
+                    dx[b, i * sh + r, j * sw + s, ch] += dy[b, i, j, ch]
+    return dx
+
+
+@pytest.mark.parametrize("window,stride", [((2, 2), None), ((3, 3), 1), ((2, 3), (1, 2))])
+def test_max_pool_ties_route_to_first_max(window, stride):
+    """Equal inputs (ties everywhere, and partial ties): δ goes to the first maximal cell in
+    row-major window order, the same cell jax.grad picks; overlapping windows add up."""
+    layer = fn.max_pool(window, stride)
+    strides = window if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(7)
+        @jax.jit
+        def both(x, dy):
+            _, _, cache = layer.forward({}, {}, x)
+            _, vjp = jax.vjp(lambda x: layer.apply({}, {}, x)[0], x)
+            return layer.backward({}, cache, dy)[1], vjp(dy)[0]
+
+        constant = jnp.ones((2, 5, 6, 2), jnp.float64)
+        for x in (constant, jnp.round(jax.random.uniform(key, (2, 5, 6, 2), jnp.float64) * 2)):
+            y = layer.apply({}, {}, x)[0]
+            dy = jax.random.normal(jax.random.fold_in(key, 1), y.shape, jnp.float64)
+            dx, auto = both(x, dy)
+            expected = first_max_routing(np.asarray(x), np.asarray(dy), window, strides)
+            np.testing.assert_allclose(np.asarray(dx), expected, rtol=0, atol=1e-15)
+            np.testing.assert_allclose(np.asarray(auto), expected, rtol=0, atol=1e-15)
+            if x is constant and stride is None:  # only each window's top-left cell
+                top_left = np.zeros(x.shape)
+                top_left[:, :y.shape[1] * strides[0]:strides[0], :y.shape[2] * strides[1]:strides[1]] = 1
+                np.testing.assert_array_equal(np.asarray(dx) != 0, top_left != 0)
+
+
+def test_max_pool_overlap_sums_into_shared_max():
+    """One big value inside four overlapping 2x2 windows (stride 1) collects all four δ."""
+    layer = fn.max_pool((2, 2), 1)
+    with jax.enable_x64(True):
+        x = jnp.zeros((1, 3, 3, 1), jnp.float64).at[0, 1, 1, 0].set(5.0)
+        y, _, cache = layer.forward({}, {}, x)
+        dy = jnp.arange(1.0, 5.0, dtype=jnp.float64).reshape(1, 2, 2, 1)
+        _, dx = layer.backward({}, cache, dy)
+    expected = np.zeros((3, 3))
+    expected[1, 1] = 1 + 2 + 3 + 4
+    np.testing.assert_array_equal(np.asarray(dx)[0, :, :, 0], expected)
+    np.testing.assert_array_equal(np.asarray(y)[0, :, :, 0], np.full((2, 2), 5.0))

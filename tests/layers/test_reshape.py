@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import funcnet as fn
+from tests.layers.three_way import SEEDS, configs, three_way
 
 
 @given(shape=st.sampled_from([(1, 1), (2, 3), (3, 1, 2), (2, 2, 3, 1), (1, 3, 2, 2), (2, 1, 1, 1, 3)]))
@@ -34,3 +35,13 @@ def test_flatten_without_batch_axis_fails_naming_the_layer():
     with pytest.raises(fn.LayerError, match=r"layer 1 \(flatten\): flatten: expects input with a "
                                             r"batch axis, got shape \(7,\)"):
         fn.serial(fn.relu, fn.flatten).init(jax.random.PRNGKey(0), (7,))
+
+
+# ----------------------------------------------------------------------------- three ways
+# manual backward vs jax.vjp vs finite differences (tests/layers/three_way.py)
+
+@given(shape=configs([(2, 3, 4), (1, 2, 3, 2)], st.sampled_from([(2, 3), (2, 3, 4), (1, 2, 3, 2)])),
+       seed=SEEDS)
+def test_flatten(shape, seed):
+    m, _ = three_way(("flatten",), shape, seed)
+    assert m[1].shape == shape

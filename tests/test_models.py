@@ -1,0 +1,62 @@
+"""funcnet/models.py: the built-in networks' layouts, output shapes and argument checks."""
+import jax
+import numpy as np
+import pytest
+
+import funcnet as fn
+from funcnet import models
+
+KEY = jax.random.PRNGKey(0)
+
+
+def kinds(model):
+    return [layer.name for layer in model.layers]
+
+
+def shapes(model, input_shape):
+    """(output shape, parameter count) from shapes alone (nothing is computed)."""
+    params, _ = jax.eval_shape(lambda k: model.init(k, input_shape), KEY)
+    count = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+    return model.output_shape(input_shape), count
+
+
+def test_lenet_has_the_classic_sizes_on_28x28_and_a_small_variant_on_8x8():
+    big = models.lenet(10)
+    assert kinds(big) == ["conv2d", "relu", "max_pool", "conv2d", "relu", "max_pool", "flatten",
+                          "dense", "relu", "dense"]
+    # LeNet-5 sizes: 6 5x5 SAME convs, 16 5x5 VALID convs, 16·5·5 = 400 features -> 120 -> 10
+    assert shapes(big, (2, 28, 28, 1)) == ((2, 10), (25 + 1) * 6 + (150 + 1) * 16 + 401 * 120 + 121 * 10)
+    small = models.lenet(3, image_size=8)
+    assert shapes(small, (2, 8, 8, 1)) == ((2, 3), 10 * 16 + 145 * 32 + 129 * 64 + 65 * 3)
+
+
+def test_fc_and_mlp_layouts():
+    block = ["dense", "batch_norm", "relu", "dropout"]
+    assert kinds(models.fc(4, (8, 6))) == ["flatten"] + block * 2 + ["dense"]
+    assert kinds(models.fc(4, (8,), dropout_rate=0)) == ["flatten", "dense", "batch_norm", "relu", "dense"]
+    assert kinds(models.mlp(4, (8, 6))) == ["flatten", "dense", "relu", "dense", "relu", "dense"]
+    assert shapes(models.mlp(4, (8,)), (3, 2, 2, 1)) == ((3, 4), 5 * 8 + 9 * 4)
+
+
+def test_build_picks_the_variant_from_the_input_shape():
+    assert shapes(models.build("lenet", (1, 8, 8, 1), 10), (1, 8, 8, 1))[0] == (1, 10)
+    assert shapes(models.build("lenet", (1, 28, 28, 1), 5), (1, 28, 28, 1))[0] == (1, 5)
+    assert kinds(models.build("mlp", (1, 4), 3)) == kinds(models.mlp(3))
+    assert set(models.MODELS) == {"lenet", "fc", "mlp"}
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: models.mlp(1), "mlp: num_classes must be an int >= 2, got 1"),
+    (lambda: models.fc(2.0), "fc: num_classes must be an int >= 2"),
+    (lambda: models.lenet(10, image_size=3), "lenet: images must be at least 4x4"),
+    (lambda: models.build("resnet", (1, 4), 3), "unknown model 'resnet'"),
+    (lambda: models.build("lenet", (1, 4), 3), "lenet needs NHWC images"),
+])
+def test_bad_arguments_are_layer_errors(call, message):
+    with pytest.raises(fn.LayerError, match=message):
+        call()
+
+
+def test_numpy_ints_are_accepted():
+    assert shapes(models.mlp(np.int64(4), (np.int64(5),)), (1, 3))[0] == (1, 4)
+    assert shapes(models.lenet(np.int64(3), np.int64(8)), (1, 8, 8, 1))[0] == (1, 3)
