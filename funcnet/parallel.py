@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .core import FuncnetError
 
 __all__ = ["AXIS", "MAX_IN_FLIGHT", "make_mesh", "replicated", "batch_sharded", "replicate",
-           "shard_batch", "check_batch_size", "data_parallel", "mesh_size"]
+           "shard_batch", "gather_batch", "check_batch_size", "data_parallel", "mesh_size"]
 
 AXIS = "batch"
 
@@ -87,8 +87,27 @@ def check_batch_size(batch_size: int, mesh: Mesh, where: str = "fit"):
 
 
 def replicate(tree, mesh: Mesh):
-    """Place a pytree (e.g. a TrainState) on every device of the mesh."""
+    """Place a pytree (e.g. a TrainState) on every device of the mesh. With several
+    processes each process supplies its own devices' copies, from the host (every process
+    holds the same values)."""
+    if jax.process_count() > 1:
+        tree = jax.device_get(tree)
     return jax.device_put(tree, replicated(mesh))
+
+
+def gather_batch(arrays, index, mesh: Mesh):
+    """The global batch `[a[index] for a in arrays]`, sharded along axis 0 over the mesh,
+    reading from each host array only the rows this process's devices hold (with several
+    processes, every one calls this with the same `index`, e.g. from the shared key)."""
+    index = np.asarray(index)
+    check_batch_size(len(index), mesh, "gather_batch")
+    sharding = batch_sharded(mesh)
+
+    def put(a):
+        shape = (len(index),) + a.shape[1:]
+        return jax.make_array_from_callback(shape, sharding, lambda i: a[index[i[0]]])
+
+    return tuple(put(np.asarray(a)) for a in arrays)
 
 
 def shard_batch(tree, mesh: Mesh):

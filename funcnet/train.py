@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint as ckpt
+from . import distributed
 from . import losses as losses_mod
 from . import parallel
 from .core import FuncnetError, LayerError, Layer
@@ -294,6 +295,10 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     """
     x, y = np.asarray(x), np.asarray(y)
     n = _check_pair(x, y, "evaluate")
+    if not all(getattr(a, "is_fully_addressable", True)
+               for a in jax.tree_util.tree_leaves((params, state))):
+        # Replicated over several processes: every process evaluates its own copy.
+        params, state = jax.device_get((params, state))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise FuncnetError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
     loss = _default_loss(y) if loss is None else loss
@@ -483,6 +488,8 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
     data_key = np.asarray(k_data)
 
     mesh = None
+    if devices is None and jax.process_count() > 1:  # several processes: train as one
+        devices = jax.devices()
     if devices is not None:
         mesh = parallel.make_mesh(devices)
         parallel.check_batch_size(bs, mesh, where)
@@ -600,7 +607,12 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
                 checkpoint=last_checkpoint)
         meta = {"fit": signature, "history": [dict(r) for r in history if not r.get("partial")],
                 "partial": dict(epoch_sums)}
-        last_checkpoint = ckpt.save_step(checkpoint_dir, step_now, host, metadata=meta, keep=keep)
+        if distributed.is_main():  # process 0 writes; the others wait until it is in place
+            last_checkpoint = ckpt.save_step(checkpoint_dir, step_now, host, metadata=meta,
+                                             keep=keep)
+        else:
+            last_checkpoint = ckpt.step_path(checkpoint_dir, step_now)
+        distributed.barrier(f"funcnet.fit.checkpoint.{step_now}")
 
     try:
         while s < budget and not stop:
@@ -609,9 +621,10 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
             t0 = time.perf_counter() - epoch_sums["seconds"]
             while b < steps_per_epoch and s < budget:
                 idx = order[b * bs:(b + 1) * bs]
-                xb, yb = x[idx], y[idx]
-                if mesh is not None:
-                    xb, yb = parallel.shard_batch((xb, yb), mesh)
+                if mesh is not None:  # only this process's devices' rows are read
+                    xb, yb = parallel.gather_batch((x, y), idx, mesh)
+                else:
+                    xb, yb = x[idx], y[idx]
                 ts, metrics = step_fn(ts, xb, yb)
                 pending.append((s + 1, epoch, b, metrics))
                 s, b = s + 1, b + 1
@@ -650,6 +663,11 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
         if checkpoint_dir is not None and (last_checkpoint is None or
                                            not last_checkpoint.endswith(f"{s:08d}.npz")):
             save(s)
+    except Exception as e:  # a lost peer surfaces as a failed collective: say so
+        lost = distributed.as_process_lost(e, where, s)
+        if lost is None:
+            raise
+        raise lost from e
     finally:
         if bar is not None:
             bar.close()
