@@ -184,24 +184,29 @@ _PEER = re.compile(r"\[([^\]]+)\]:(\d+)")
 def lost_process(error: BaseException) -> Optional[int]:
     """Which process a failed collective lost, or None when that cannot be told.
 
-    Gloo's error names the peer's address ("Read error [127.0.0.1]:42677"); gloo published
-    each rank's address in the coordination service's key-value store under
-    "cpu:gloo/<device ids>/<rank>" (a sockaddr: family, big-endian port, IPv4 address), so
-    the port leads to a rank, the rank to a device and the device to its process. This
-    reads XLA internals and is best effort."""
-    m = _PEER.search(str(error))
-    if m is None or not is_initialized():
+    Gloo's error names the peer's address ("Read error [127.0.0.1]:42677"); each gloo rank
+    published its address in the coordination service's key-value store under
+    "cpu:gloo/<device ids>/<rank>" (holding a sockaddr_in: family, big-endian port, IPv4),
+    so the address leads to a rank, the rank to a device and the device to its process.
+    The address is the peer's listening one only when this side opened the connection
+    (else it is an ephemeral port): so this is best effort (it reads XLA internals), and
+    with two processes the lost one is simply the other."""
+    if not is_initialized():
         return None
-    port = int(m.group(2))
+    if jax.process_count() == 2:
+        return 1 - jax.process_index()
+    m = _PEER.search(str(error))
+    if m is None:
+        return None
     try:
-        client = jax._src.distributed.global_state.client
-        entries = client.key_value_dir_get_bytes("cpu:gloo")
-    except Exception:  # noqa: BLE001 - the coordinator itself may be gone
-        return 0 if jax.process_index() != 0 else None
+        needle = b"\x02\x00" + int(m.group(2)).to_bytes(2, "big") + socket.inet_aton(m.group(1))
+        entries = jax._src.distributed.global_state.client.key_value_dir_get_bytes("cpu:gloo")
+    except Exception:  # noqa: BLE001 - not IPv4, or the coordinator itself is gone
+        return None
     by_id = {d.id: d.process_index for d in jax.devices()}
     for key, value in entries:
         parts = key.split("/")
-        if len(value) < 4 or len(parts) < 3 or int.from_bytes(value[2:4], "big") != port:
+        if needle not in value or len(parts) < 3:
             continue
         try:
             ids = [int(v) for v in parts[-2].split(",")]
@@ -221,7 +226,8 @@ def as_process_lost(error: BaseException, where: str, step=None) -> Optional[Pro
                      text, re.IGNORECASE):
         return None
     lost = lost_process(error)
-    who = f"process {lost}" if lost is not None else "another process"
+    who = (f"process {lost}" if lost is not None else
+           "another process (JAX's log on process 0 names it once its heartbeats stop)")
     at = f" during step {step}" if step is not None else ""
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return ProcessLostError(
