@@ -135,15 +135,15 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise FuncnetError(f"{where}: process_id must lie in [0, {num_processes - 1}] for "
                            f"{num_processes} processes, got {process_id}")
-    if is_initialized():
-        raise FuncnetError(f"{where}: this process has already joined a distributed run")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator, num_processes, process_id,
+    timeouts = dict(
         heartbeat_timeout_seconds=_timeout(heartbeat_timeout, "heartbeat_timeout", HEARTBEAT_TIMEOUT),
         shutdown_timeout_seconds=_timeout(shutdown_timeout, "shutdown_timeout", SHUTDOWN_TIMEOUT),
         initialization_timeout=_timeout(initialization_timeout, "initialization_timeout",
                                         INITIALIZATION_TIMEOUT))
+    if is_initialized():
+        raise FuncnetError(f"{where}: this process has already joined a distributed run")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id, **timeouts)
     return True
 
 

@@ -26,10 +26,14 @@ def main(argv):
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--die-after-epoch", type=int, default=None)
     p.add_argument("--die-process", type=int, default=1)
+    p.add_argument("--coordinator", default=None)
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
     args = p.parse_args(argv)
 
     import funcnet as fn
-    fn.distributed.initialize()  # from the FUNCNET_* variables, if any
+    # From the arguments, else the FUNCNET_* variables, if any.
+    fn.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jax
     import optax
 
@@ -44,11 +48,15 @@ def main(argv):
             print(f"worker {me}: killing myself after epoch {row['epoch']}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    ts, history = fn.train.fit(
-        model, optax.sgd(0.2, momentum=0.9), (x, y), epochs=args.epochs, batch_size=16,
-        key=jax.random.PRNGKey(3), val_data=(x[:20], y[:20]), eval_batch_size=8,
-        devices=jax.devices(), checkpoint_dir=args.checkpoint_dir, progress=False,
-        callback=die)
+    try:
+        ts, history = fn.train.fit(
+            model, optax.sgd(0.2, momentum=0.9), (x, y), epochs=args.epochs, batch_size=16,
+            key=jax.random.PRNGKey(3), val_data=(x[:20], y[:20]), eval_batch_size=8,
+            devices=jax.devices(), checkpoint_dir=args.checkpoint_dir, progress=False,
+            callback=die)
+    except fn.distributed.ProcessLostError as e:  # as `funcnet train` does
+        print(f"worker {me}: error: {e}", flush=True)
+        fn.distributed.exit_now(3)
     leaves = jax.device_get(jax.tree_util.tree_leaves((ts.params, ts.state)))
     rows = [[r[k] for k in sorted(r) if k != "seconds"] for r in history]
     np.savez(os.path.join(args.out, f"result_{me}.npz"),
