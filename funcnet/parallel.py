@@ -37,10 +37,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .core import FuncnetError
 
-__all__ = ["AXIS", "MAX_IN_FLIGHT", "make_mesh", "replicated", "batch_sharded", "replicate",
-           "shard_batch", "gather_batch", "check_batch_size", "data_parallel", "mesh_size"]
+__all__ = ["AXIS", "MODEL_AXIS", "MAX_IN_FLIGHT", "make_mesh", "make_mesh_2d", "replicated",
+           "batch_sharded", "param_sharding", "replicate", "shard_batch", "gather_batch",
+           "check_batch_size", "data_parallel", "mesh_size"]
 
 AXIS = "batch"
+MODEL_AXIS = "model"
 
 # XLA:CPU's default max_inflight_computations_per_device. Beyond it a sharded program's
 # dispatch can deadlock the all-reduce (see the module docstring); stay well below.
@@ -61,6 +63,34 @@ def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
     if len(set(devices)) != len(devices):
         raise FuncnetError(f"parallel: devices lists a device twice: {devices}")
     return Mesh(np.array(devices), (AXIS,))
+
+
+def make_mesh_2d(devices: Optional[Sequence] = None, *, model: int) -> Mesh:
+    """A 2-D `Mesh` (batch x model): `model` devices share each weight matrix (its output
+    columns split among them), and the batch is split over len(devices) / model groups."""
+    devices = jax.devices() if devices is None else list(devices)
+    if isinstance(model, bool) or not isinstance(model, int) or model < 1 or len(devices) % model:
+        raise FuncnetError(f"parallel: model must be a positive int dividing the {len(devices)} "
+                           f"devices, got {model!r}")
+    make_mesh(devices)  # the same checks
+    return Mesh(np.array(devices).reshape(len(devices) // model, model), (AXIS, MODEL_AXIS))
+
+
+def param_sharding(tree, mesh: Mesh):
+    """Shardings for a pytree of parameters (or a whole TrainState, optimizer moments
+    included): on a mesh with a "model" axis every weight named "w" (dense (in, out), conv
+    (kh, kw, c_in, c_out)) whose last axis divides is split along that axis over "model";
+    everything else (biases, batch-norm, scalars) is replicated."""
+    model = mesh.shape.get(MODEL_AXIS, 1)
+
+    def spec(path, leaf):
+        name = getattr(path[-1], "key", None) if path else None
+        shape = np.shape(leaf)
+        if model > 1 and name == "w" and len(shape) >= 2 and shape[-1] % model == 0:
+            return NamedSharding(mesh, PartitionSpec(*([None] * (len(shape) - 1)), MODEL_AXIS))
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(spec, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -87,11 +117,13 @@ def check_batch_size(batch_size: int, mesh: Mesh, where: str = "fit"):
 
 
 def replicate(tree, mesh: Mesh):
-    """Place a pytree (e.g. a TrainState) on every device of the mesh. With several
-    processes each process supplies its own devices' copies, from the host (every process
-    holds the same values)."""
+    """Place a pytree (e.g. a TrainState) on every device of the mesh (on a mesh with a
+    "model" axis, large weights split over it: `param_sharding`). With several processes
+    each process supplies its own devices' copies, from the host (all hold the same)."""
     if jax.process_count() > 1:
         tree = jax.device_get(tree)
+    if MODEL_AXIS in mesh.axis_names:
+        return jax.device_put(tree, param_sharding(tree, mesh))
     return jax.device_put(tree, replicated(mesh))
 
 
@@ -130,5 +162,14 @@ def data_parallel(step, mesh: Mesh, *, donate: bool = True):
     replicated, x and y sharded along the batch, outputs replicated; the train_state's
     buffers are donated (reused for the new state) unless `donate=False`."""
     rep, bat = replicated(mesh), batch_sharded(mesh)
+    if MODEL_AXIS in mesh.axis_names:
+        # The state keeps `param_sharding` (placed by `replicate`, pinned on the way out);
+        # XLA splits each dense/conv product over "model" and gathers where needed.
+        def sharded(ts, x, y):
+            new, metrics = step(ts, x, y)
+            pin = jax.lax.with_sharding_constraint
+            return pin(new, param_sharding(new, mesh)), pin(metrics, rep)
+
+        return jax.jit(sharded, donate_argnums=(0,) if donate else ())
     return jax.jit(step, in_shardings=(rep, bat, bat), out_shardings=(rep, rep),
                    donate_argnums=(0,) if donate else ())

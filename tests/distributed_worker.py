@@ -26,6 +26,7 @@ def main(argv):
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--die-after-epoch", type=int, default=None)
     p.add_argument("--die-process", type=int, default=1)
+    p.add_argument("--model-axis", type=int, default=1, help="devices per weight (2-D mesh)")
     p.add_argument("--coordinator", default=None)
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
@@ -42,6 +43,8 @@ def main(argv):
     y = (x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0).astype(np.int32)
     model = fn.serial(fn.dense(8), fn.batch_norm(), fn.relu, fn.dropout(0.25), fn.dense(4))
     me = jax.process_index()
+    devices = (fn.parallel.make_mesh_2d(jax.devices(), model=args.model_axis)
+               if args.model_axis > 1 else jax.devices())
 
     def die(row, _ts):
         if args.die_after_epoch == row["epoch"] and me == args.die_process:
@@ -52,7 +55,7 @@ def main(argv):
         ts, history = fn.train.fit(
             model, optax.sgd(0.2, momentum=0.9), (x, y), epochs=args.epochs, batch_size=16,
             key=jax.random.PRNGKey(3), val_data=(x[:20], y[:20]), eval_batch_size=8,
-            devices=jax.devices(), checkpoint_dir=args.checkpoint_dir, progress=False,
+            devices=devices, checkpoint_dir=args.checkpoint_dir, progress=False,
             callback=die)
     except fn.distributed.ProcessLostError as e:  # as `funcnet train` does
         print(f"worker {me}: error: {e}", flush=True)
@@ -62,7 +65,8 @@ def main(argv):
     np.savez(os.path.join(args.out, f"result_{me}.npz"),
              flat=np.concatenate([np.ravel(a) for a in leaves]),
              losses=np.asarray(history.step_losses), history=np.asarray(rows, np.float64),
-             devices=jax.device_count(), processes=jax.process_count(), step=int(ts.step))
+             devices=jax.device_count(), processes=jax.process_count(), step=int(ts.step),
+             w_shard=ts.params[0]["w"].addressable_shards[0].data.shape)
     print(f"worker {me}: done, {int(ts.step)} steps on {jax.device_count()} devices", flush=True)
 
 

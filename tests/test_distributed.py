@@ -107,6 +107,15 @@ def test_two_processes_of_two_devices(runs, tmp_path):
     _close(results[1], results[0], exact=True)
 
 
+def test_weights_split_over_a_model_axis(runs, tmp_path):
+    """4 devices as a 2-D mesh, batch 2 x model 2: each device holds half of every weight
+    matrix's columns (dense (6, 8) -> (6, 4)), and training follows the 1-device run."""
+    results = _run(tmp_path, 1, 4, "--model-axis", "2")
+    assert tuple(results[0]["w_shard"]) == (6, 4)
+    assert tuple(runs["1x1"][0]["w_shard"]) == (6, 8)
+    _close(results[0], runs["1x1"][0])
+
+
 def test_lost_process_stops_run_and_resume_matches(runs, tmp_path):
     """Process 1 kills itself (SIGKILL) after epoch 2 of 3, under `funcnet launch`: process
     0 stops with ProcessLostError naming process 1 well within the heartbeat bound, launch
