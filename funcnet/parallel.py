@@ -1,4 +1,5 @@
-"""Data parallelism with `jax.sharding`: one mesh axis "batch", parameters replicated.
+"""Data parallelism with `jax.sharding`: one mesh axis "batch", parameters replicated
+(and, on a 2-D mesh, weights split over a "model" axis).
 
 A training step is compiled once for the whole mesh: each batch is split along its first
 axis across the devices, the parameters, optimizer state and model state are replicated,
@@ -9,15 +10,22 @@ and XLA inserts the all-reduce of the gradients. Because the jitted function sti
     mesh = fn.parallel.make_mesh(jax.devices())
     state, history = fn.train.fit(model, opt, (x, y), ..., devices=jax.devices())
 
-Multi-host (several processes, e.g. one per GPU host or TPU worker): call
-`jax.distributed.initialize(coordinator_address, num_processes, process_id)` in every
-process before anything else; `jax.devices()` then lists every process's devices and a
-mesh over them spans the hosts. Every process must run the same program on the same data
-in the same order (`fit` derives its order from the key, so giving every process the same
-key and dataset is enough): `shard_batch` builds the global batch with
-`jax.make_array_from_callback`, each process supplying only the rows of its own devices,
-and `replicate` places the parameters on every device. Checkpoints of replicated arrays
-can be written by process 0 alone.
+Multi-process (one process per host or per GPU): every process calls
+`fn.distributed.initialize(...)` (JAX's distributed runtime; gloo collectives on CPU) before
+anything else and runs the same program on the same data; `jax.devices()` then lists every
+process's devices, and `fit` trains over all of them by itself. The dataset order comes from
+the shared key, `gather_batch` builds each global batch with `jax.make_array_from_callback`
+so each process copies only its own devices' rows, `replicate` places the state on every
+device, and process 0 alone writes checkpoints (see `fn.distributed`; `funcnet launch`).
+
+Beyond data parallelism: `make_mesh_2d(devices, model=k)` is a (batch x model) mesh; on it
+`replicate` splits every weight matrix named "w" (and its optimizer moments) along its
+output columns over the k devices of the "model" axis (`param_sharding`), and the step pins
+the new state to the same layout (`with_sharding_constraint`), so each device holds 1/k of
+the weights and a model k times larger than one device's memory trains; XLA inserts the
+gathers the products need. Limits: the model axis should stay within one process (a
+checkpoint fetches the whole state to process 0's host), biases and batch-norm parameters
+stay replicated, and activations are left to XLA's sharding propagation.
 
 On the CPU backend (`XLA_FLAGS=--xla_force_host_platform_device_count=N`), XLA runs at
 most 32 computations in flight per device; a multi-device program queued beyond that

@@ -9,6 +9,7 @@ TOL = 1e-5 (observed: <= 2.4e-7; the reductions only change summation order). Pr
 one run agree exactly, and a run killed and resumed ends bit for bit where an
 uninterrupted one does.
 """
+import fcntl
 import os
 import signal
 import subprocess
@@ -76,18 +77,27 @@ def _close(a, b, exact=False):
         assert diff == 0 if exact else diff <= TOL, (k, diff)
 
 
+SHAPES = {"1x1": (1, 1), "1x2": (1, 2), "2x1": (2, 1), "2x2": (2, 2), "2d": (1, 4)}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """1 process x 1 device, 1 x 2 and 2 x 1, started together (they share the CPU)."""
-    base = tmp_path_factory.mktemp("distributed")
-    shapes = {"1x1": (1, 1), "1x2": (1, 2), "2x1": (2, 1)}
-    started = {k: _start(base / k, *shape) for k, shape in shapes.items()}
-    results = {}
-    for k, procs in started.items():
-        codes, outputs = _finish(procs)
-        assert codes == [0] * len(procs), "\n".join(o[-3000:] for o in outputs)
-        results[k] = [dict(np.load(base / k / f"result_{i}.npz")) for i in range(len(procs))]
-    return results
+    """Processes x devices 1x1, 1x2, 2x1, 2x2, and 1x4 as a 2-D mesh, started together (they
+    share the CPU). Under pytest-xdist the workers share one set of runs (a file lock)."""
+    base = tmp_path_factory.getbasetemp()
+    base = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "distributed-runs"
+    base.mkdir(exist_ok=True)
+    with open(base / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / "done").exists():
+            started = {k: _start(base / k, *shape, *(["--model-axis", "2"] if k == "2d" else []))
+                       for k, shape in SHAPES.items()}
+            for k, procs in started.items():
+                codes, outputs = _finish(procs)
+                assert codes == [0] * len(procs), "\n".join(o[-3000:] for o in outputs)
+            (base / "done").touch()
+    return {k: [dict(np.load(base / k / f"result_{i}.npz")) for i in range(shape[0])]
+            for k, shape in SHAPES.items()}
 
 
 def test_processes_and_devices_agree(runs):
@@ -100,17 +110,17 @@ def test_processes_and_devices_agree(runs):
     _close(runs["2x1"][1], runs["2x1"][0], exact=True)  # every process holds the same
 
 
-def test_two_processes_of_two_devices(runs, tmp_path):
-    results = _run(tmp_path, 2, 2)
+def test_two_processes_of_two_devices(runs):
+    results = runs["2x2"]
     assert int(results[0]["devices"]) == 4
     _close(results[0], runs["1x1"][0])
     _close(results[1], results[0], exact=True)
 
 
-def test_weights_split_over_a_model_axis(runs, tmp_path):
+def test_weights_split_over_a_model_axis(runs):
     """4 devices as a 2-D mesh, batch 2 x model 2: each device holds half of every weight
     matrix's columns (dense (6, 8) -> (6, 4)), and training follows the 1-device run."""
-    results = _run(tmp_path, 1, 4, "--model-axis", "2")
+    results = runs["2d"]
     assert tuple(results[0]["w_shard"]) == (6, 4)
     assert tuple(runs["1x1"][0]["w_shard"]) == (6, 8)
     _close(results[0], runs["1x1"][0])
