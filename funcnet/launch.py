@@ -8,8 +8,10 @@ command is a .py file) with FUNCNET_COORDINATOR=127.0.0.1:<free port>,
 FUNCNET_NUM_PROCESSES=N and FUNCNET_PROCESS_ID=i set, which `fn.distributed.initialize()`
 (and so `funcnet train`) reads. Every output line is prefixed with "[i] ". Ctrl-C (SIGINT)
 is forwarded to every child; a second one kills them. When a child fails, the others get
-`grace` seconds to stop by themselves (they notice the lost peer), then are killed; the
-exit status is the first failure's (128 + signal number for a signal), 0 when all succeed.
+`grace` seconds to stop by themselves (they notice the lost peer), then are killed; each
+failure is reported ("funcnet launch: process 1 was killed by SIGKILL"), and the exit
+status is 128 + the signal number of a process killed by a signal (the likely cause), else
+the first failure's status; 0 when all succeed.
 This is a way to try multi-process training on one machine; on a cluster, start one
 process per host with SLURM, mpirun or Kubernetes and JAX finds the settings itself.
 """
@@ -40,8 +42,11 @@ def child_command(command: Sequence[str]) -> List[str]:
     return [sys.executable, "-u", "-m", "funcnet"] + command
 
 
-def _die_with_parent():
-    """Children die with the launcher even when it is killed outright (Linux only)."""
+def _child_setup():
+    """In each child before exec: SIGINT back to its default (a launcher started in the
+    background inherits it ignored, and exec keeps it so), and die with the launcher even
+    when it is killed outright (Linux only)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -90,7 +95,7 @@ def launch(command: Sequence[str], n: int, *, devices_per_process: Optional[int]
     for i in range(n):
         p = subprocess.Popen(argv, env=dict(env, FUNCNET_PROCESS_ID=str(i)), stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=_die_with_parent)
+                             start_new_session=True, preexec_fn=_child_setup)
         children.append(p)
     for i, p in enumerate(children):  # readers start after the forks (preexec_fn and threads)
         pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True))
@@ -117,8 +122,10 @@ def _say(out, lock, text):
 
 
 def _supervise(children, interrupts, grace, out, lock) -> int:
-    """Wait for the children; on the first failure or Ctrl-C, stop the rest."""
-    failed, deadline, forwarded = None, None, 0
+    """Wait for the children; on the first failure or Ctrl-C, stop the rest. The status is
+    a child's killed by a signal if any (the likely cause: the others then fail for want of
+    it), else the first failure's."""
+    failures, deadline, forwarded, killed = {}, None, 0, set()
     while any(p.poll() is None for p in children):
         if len(interrupts) > forwarded:  # Ctrl-C: forward the first, kill on the second
             forwarded = len(interrupts)
@@ -130,23 +137,26 @@ def _supervise(children, interrupts, grace, out, lock) -> int:
                 deadline = time.monotonic() + grace
             else:
                 deadline = time.monotonic()
-            failed = failed or (None, 130)
+            failures.setdefault("interrupt", -signal.SIGINT)
         for i, p in enumerate(children):
             rc = p.poll()
-            if rc not in (None, 0) and failed is None:
-                failed = (i, rc)
-                _say(out, lock, f"process {i} {_describe(rc)}; stopping the others "
-                                f"(killed after {grace:g} s)")
-                deadline = time.monotonic() + grace
+            if rc not in (None, 0) and i not in failures:
+                failures[i] = rc
+                stopping = "" if deadline is not None else \
+                    f"; stopping the others (killed after {grace:g} s)"
+                _say(out, lock, f"process {i} {_describe(rc)}{stopping}")
+                deadline = deadline or time.monotonic() + grace
         if deadline is not None and time.monotonic() >= deadline:
-            for p in children:
+            for i, p in enumerate(children):
                 if p.poll() is None:
+                    killed.add(i)
                     p.kill()
             break
         time.sleep(0.05)
-    for p in children:
-        p.wait()
-    if failed is None:
-        bad = [(i, p.returncode) for i, p in enumerate(children) if p.returncode]
-        failed = bad[0] if bad else None
-    return 0 if failed is None else _status(failed[1])
+    for i, p in enumerate(children):
+        if p.wait() and i not in failures and i not in killed:
+            failures[i] = p.returncode
+    if not failures:
+        return 0
+    signalled = [rc for rc in failures.values() if rc < 0]
+    return _status(signalled[0] if signalled else next(iter(failures.values())))

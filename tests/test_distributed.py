@@ -170,6 +170,29 @@ def test_launch_train_end_to_end(tmp_path):
     assert os.listdir(out / "checkpoints") == ["ckpt_00000022.npz"]
 
 
+def test_launch_forwards_ctrl_c(tmp_path):
+    """SIGINT to the launcher reaches every child (here: scripts without JAX that wait);
+    the launcher then exits with 130, children gone."""
+    script = tmp_path / "wait.py"
+    script.write_text("import os, time\nprint('ready', os.getpid(), flush=True)\ntime.sleep(60)\n")
+    launcher = subprocess.Popen([sys.executable, "-m", "funcnet", "launch", "-n", "2", "--",
+                                 str(script)], cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    lines = []
+    while sum(line.split("] ", 1)[-1].startswith("ready") for line in lines) < 2:
+        line = launcher.stdout.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    launcher.send_signal(signal.SIGINT)
+    rest = launcher.communicate(timeout=30)[0]
+    assert launcher.returncode == 130, rest
+    assert "forwarding SIGINT" in rest and "[0] KeyboardInterrupt" in rest and "[1] Keyboard" in rest
+    for line in lines:
+        pid = int(line.split()[-1])
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 # ----------------------------------------------------------------------------- no processes
 
 def test_initialize_without_settings_is_single_process(monkeypatch):
