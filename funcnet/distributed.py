@@ -12,7 +12,8 @@ of every global batch, parameters are replicated, and gradients, the loss and ba
 statistics are over the global batch, so every process holds the same parameters and
 history. Checkpoints are written by process 0 alone, into a directory every process can
 read (a shared filesystem across hosts); the others wait at a barrier until the file is in
-place. `python -m funcnet launch -n 2 -- train ...` starts N such processes on one machine
+place, and all resume from it. Validation (`evaluate`) runs on every process over the whole
+validation set, on its own copy of the parameters: the same numbers everywhere. `python -m funcnet launch -n 2 -- train ...` starts N such processes on one machine
 (`fn.launch`).
 
 What JAX needs (jax 0.10): `jax.distributed.initialize(coordinator_address, num_processes,

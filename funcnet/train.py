@@ -442,6 +442,8 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
       key) resumes from the newest one by itself and continues exactly as if never stopped.
     - devices: a list of devices (or a Mesh) for data parallelism (`fn.parallel`): each
       batch is sharded across them, parameters replicated; the batch size must divide.
+      After `fn.distributed.initialize` (several processes) the default is every device
+      of every process; process 0 alone writes checkpoints (see `fn.distributed`).
     - progress: a tqdm bar (epoch, loss, accuracy, rate) on a terminal; silent when stderr
       is not a TTY, tqdm is not installed, or progress=False.
     - sync_every: metrics are fetched from the device every this many steps (the only host
