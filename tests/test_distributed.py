@@ -92,7 +92,7 @@ def runs(tmp_path_factory):
         if not (base / "done").exists():
             started = {k: _start(base / k, *shape, *(["--model-axis", "2"] if k == "2d" else []))
                        for k, shape in SHAPES.items()}
-            for k, procs in started.items():
+            for procs in started.values():
                 codes, outputs = _finish(procs)
                 assert codes == [0] * len(procs), "\n".join(o[-3000:] for o in outputs)
             (base / "done").touch()
@@ -136,7 +136,7 @@ def test_lost_process_stops_run_and_resume_matches(runs, tmp_path):
            str(tmp_path), "--checkpoint-dir", str(ckpt), "--die-after-epoch", "2"]
     t0 = time.monotonic()
     done = subprocess.run(cmd, env=_env(1), cwd=ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+                          timeout=TIMEOUT, check=False)
     seconds = time.monotonic() - t0
     out = done.stdout
     assert done.returncode == 128 + signal.SIGKILL, out[-3000:]
@@ -144,7 +144,7 @@ def test_lost_process_stops_run_and_resume_matches(runs, tmp_path):
     assert "funcnet launch: process 1 was killed by SIGKILL" in out
     assert "[0] worker 0: error: fit: lost process 1 of 2" in out, out[-3000:]
     assert seconds < TIMEOUT
-    assert sorted(os.listdir(ckpt))[-1] == "ckpt_00000008.npz"  # epochs 1 and 2 were saved
+    assert max(os.listdir(ckpt)) == "ckpt_00000008.npz"  # epochs 1 and 2 were saved
 
     resumed = _run(tmp_path, 2, 1, "--checkpoint-dir", str(ckpt))
     ref = runs["2x1"][0]
@@ -160,7 +160,7 @@ def test_launch_train_end_to_end(tmp_path):
            "--epochs", "1", "--batch-size", "64", "--no-gradcheck", "--no-progress", "--out",
            str(out)]
     done = subprocess.run(cmd, env=_env(1), cwd=ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+                          timeout=TIMEOUT, check=False)
     assert done.returncode == 0, done.stdout[-3000:]
     lines = done.stdout.splitlines()
     epochs = {i: [l[4:l.index("(")] for l in lines if l.startswith(f"[{i}] epoch")] for i in (0, 1)}
