@@ -214,6 +214,20 @@ def test_initialize_without_settings_is_single_process(monkeypatch):
     assert distributed.as_process_lost(ValueError("Gloo all-reduce failed"), "fit") is None
 
 
+def test_cluster_detection_needs_several_tasks(monkeypatch):
+    """SLURM / Open MPI jobs of several tasks are left to jax.distributed.initialize();
+    single-task ones are plain single-process runs."""
+    for k in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert distributed._cluster_detected() is False
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert distributed._cluster_detected() is True
+    monkeypatch.delenv("SLURM_NTASKS")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert distributed._cluster_detected() is True
+
+
 def test_launch_child_command():
     argv = launch.child_command(["train", "--epochs", "2"])
     assert argv[0] == sys.executable and argv[-5:] == ["-m", "funcnet", "train", "--epochs", "2"]
