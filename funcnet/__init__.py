@@ -9,6 +9,6 @@ from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaus
                      tanh)
 from .losses import accuracy
 # Training, data and checkpoints (data imports scikit-learn / mlxtend only when loading).
-from . import checkpoint, data, models, parallel, train
+from . import checkpoint, data, distributed, models, parallel, train
 
 __version__ = "0.1.0"

@@ -5,6 +5,8 @@
                   [--epochs N] [--batch-size B] [--lr LR] [--optimizer sgd|momentum|adam]
                   [--seed S] [--out runs/NAME] [--no-gradcheck] [-v]
     funcnet gradcheck [--model ...] [--data ...] [--examples 4]
+    funcnet train ... --coordinator HOST:PORT --num-processes N --process-id I
+    funcnet launch -n N [--devices-per-process D] -- train [...]   # N processes, this machine
 
 `train` first checks the model's gradients three ways (hand-derived backward, jax.grad,
 finite differences; float64, a few examples) and prints the report's summary line (the
@@ -35,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="funcnet",
         description="funcnet: functional neural networks on JAX, gradients checked three ways. "
                     "Without a command, runs `funcnet train` (a CNN on scikit-learn's digits).")
-    sub = p.add_subparsers(dest="command", metavar="{train,gradcheck}")
+    sub = p.add_subparsers(dest="command", metavar="{train,gradcheck,launch}")
 
     def common(q):
         q.add_argument("--model", default="lenet", choices=["lenet", "fc", "mlp"],
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                                                 "an existing one is resumed")
     t.add_argument("--no-gradcheck", action="store_true", help="skip the gradient check")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _distributed_options(t)
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("gradcheck", help="check a model's gradients three ways and print the report",
@@ -74,7 +77,34 @@ def _parser() -> argparse.ArgumentParser:
     common(g)
     g.add_argument("--examples", type=int, default=4, help="batch size of the check (default 4)")
     g.set_defaults(func=cmd_gradcheck)
+
+    la = sub.add_parser("launch", help="run N processes of one multi-process run on this machine",
+                        description="Start N processes on 127.0.0.1 that train as one (JAX's "
+                                    "distributed runtime, gloo collectives on CPU); each output "
+                                    "line is prefixed with [process id]; Ctrl-C is forwarded; "
+                                    "the exit status is non-zero when any process fails.")
+    la.add_argument("-n", "--num-processes", type=int, default=2, help="processes (default 2)")
+    la.add_argument("--devices-per-process", type=int, default=None,
+                    help="CPU devices per process (XLA_FLAGS host platform device count)")
+    la.add_argument("--grace", type=float, default=30.0,
+                    help="seconds the others get to stop after one fails (default 30)")
+    la.add_argument("child", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                    help="a funcnet command (train ...) or a script.py with its arguments")
+    la.set_defaults(func=cmd_launch)
     return p
+
+
+def _distributed_options(q):
+    d = q.add_argument_group("multi-process (JAX distributed; also FUNCNET_COORDINATOR, "
+                             "FUNCNET_NUM_PROCESSES, FUNCNET_PROCESS_ID, or SLURM / Open MPI / "
+                             "Kubernetes auto-detection)")
+    d.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0's coordination service")
+    d.add_argument("--num-processes", type=int, default=None, metavar="N")
+    d.add_argument("--process-id", type=int, default=None, metavar="I")
+    d.add_argument("--heartbeat-timeout", type=int, default=None, metavar="S",
+                   help="seconds without a heartbeat before a process counts as lost "
+                        "(default 20, or FUNCNET_HEARTBEAT_TIMEOUT)")
 
 
 def main(argv=None) -> int:
@@ -84,11 +114,15 @@ def main(argv=None) -> int:
         argv = ["train"] + argv
     args = parser.parse_args(argv)
     from .core import FuncnetError
+    from .distributed import ProcessLostError, exit_now, is_initialized
     try:
-        return args.func(args)
+        rc = args.func(args)
     except FuncnetError as e:
         print(f"funcnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        rc = 3 if isinstance(e, ProcessLostError) else 2
+    if rc and is_initialized():  # skip JAX's exit barrier: the others may be gone
+        exit_now(rc)
+    return rc
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -213,6 +247,9 @@ def cmd_train(args) -> int:
             print(f"funcnet train: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
     t_start = time.perf_counter()
+    from . import distributed
+    multi = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                   heartbeat_timeout=args.heartbeat_timeout)
     import jax
     import optax
 
@@ -224,11 +261,19 @@ def cmd_train(args) -> int:
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     optimizer = {"sgd": lambda: optax.sgd(lr), "momentum": lambda: optax.sgd(lr, momentum=0.9),
                  "adam": lambda: optax.adam(lr)}[args.optimizer]()
+    stamp = time.time()
+    if multi:  # one run directory for all: process 0's clock names it
+        import numpy as np
+        from jax.experimental import multihost_utils
+        stamp = int(multihost_utils.broadcast_one_to_all(np.int32(stamp)))
     out = args.out or os.path.join(
         "runs", f"{args.model}-{args.data if not args.data.startswith('idx:') else 'idx'}-"
-                f"{time.strftime('%Y%m%d-%H%M%S')}")
+                f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}")
     os.makedirs(out, exist_ok=True)
     shape = "x".join(map(str, x.shape[1:]))
+    if multi:
+        print(f"funcnet train: process {jax.process_index()} of {jax.process_count()}, "
+              f"{jax.device_count()} devices in all")
     print(f"funcnet train: {args.model} on {args.data} ({len(x)} train / {len(xt)} test examples "
           f"of {shape}), {args.optimizer} lr {lr:g}, {args.epochs} epochs of batch "
           f"{args.batch_size}, seed {args.seed}")
@@ -269,12 +314,22 @@ def cmd_train(args) -> int:
     record = {"config": {k: v for k, v in vars(args).items() if k != "func"} | {"lr": lr},
               "test": test, "gradient_check": check, "seconds": seconds,
               "history": [dict(r) for r in history]}
+    if multi and jax.process_index() != 0:  # process 0 writes the run's files
+        print(f"process {jax.process_index()}: done; process 0 writes {out}/")
+        return 0
     with open(os.path.join(out, "history.json"), "w") as f:
         json.dump(record, f, indent=1)
     plotted = _plot(history, os.path.join(out, "history.png"))
     ckpt = sorted(os.listdir(os.path.join(out, "checkpoints")))[-1]
     print(f"wrote {out}/: checkpoints/{ckpt}, history.json" + (", history.png" if plotted else ""))
     return 0
+
+
+def cmd_launch(args) -> int:
+    from .launch import launch
+    child = args.child[1:] if args.child[:1] == ["--"] else args.child
+    return launch(child, args.num_processes, devices_per_process=args.devices_per_process,
+                  grace=args.grace)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""Data parallelism with `jax.sharding`: one mesh axis "batch", parameters replicated.
+"""Data parallelism with `jax.sharding`: one mesh axis "batch", parameters replicated
+(and, on a 2-D mesh, weights split over a "model" axis).
 
 A training step is compiled once for the whole mesh: each batch is split along its first
 axis across the devices, the parameters, optimizer state and model state are replicated,
@@ -9,15 +10,22 @@ and XLA inserts the all-reduce of the gradients. Because the jitted function sti
     mesh = fn.parallel.make_mesh(jax.devices())
     state, history = fn.train.fit(model, opt, (x, y), ..., devices=jax.devices())
 
-Multi-host (several processes, e.g. one per GPU host or TPU worker): call
-`jax.distributed.initialize(coordinator_address, num_processes, process_id)` in every
-process before anything else; `jax.devices()` then lists every process's devices and a
-mesh over them spans the hosts. Every process must run the same program on the same data
-in the same order (`fit` derives its order from the key, so giving every process the same
-key and dataset is enough): `shard_batch` builds the global batch with
-`jax.make_array_from_callback`, each process supplying only the rows of its own devices,
-and `replicate` places the parameters on every device. Checkpoints of replicated arrays
-can be written by process 0 alone.
+Multi-process (one process per host or per GPU): every process calls
+`fn.distributed.initialize(...)` (JAX's distributed runtime; gloo collectives on CPU) before
+anything else and runs the same program on the same data; `jax.devices()` then lists every
+process's devices, and `fit` trains over all of them by itself. The dataset order comes from
+the shared key, `gather_batch` builds each global batch with `jax.make_array_from_callback`
+so each process copies only its own devices' rows, `replicate` places the state on every
+device, and process 0 alone writes checkpoints (see `fn.distributed`; `funcnet launch`).
+
+Beyond data parallelism: `make_mesh_2d(devices, model=k)` is a (batch x model) mesh; on it
+`replicate` splits every weight matrix named "w" (and its optimizer moments) along its
+output columns over the k devices of the "model" axis (`param_sharding`), and the step pins
+the new state to the same layout (`with_sharding_constraint`), so each device holds 1/k of
+the weights and a model k times larger than one device's memory trains; XLA inserts the
+gathers the products need. Limits: the model axis should stay within one process (a
+checkpoint fetches the whole state to process 0's host), biases and batch-norm parameters
+stay replicated, and activations are left to XLA's sharding propagation.
 
 On the CPU backend (`XLA_FLAGS=--xla_force_host_platform_device_count=N`), XLA runs at
 most 32 computations in flight per device; a multi-device program queued beyond that
@@ -37,10 +45,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .core import FuncnetError
 
-__all__ = ["AXIS", "MAX_IN_FLIGHT", "make_mesh", "replicated", "batch_sharded", "replicate",
-           "shard_batch", "check_batch_size", "data_parallel", "mesh_size"]
+__all__ = ["AXIS", "MODEL_AXIS", "MAX_IN_FLIGHT", "make_mesh", "make_mesh_2d", "replicated",
+           "batch_sharded", "param_sharding", "replicate", "shard_batch", "gather_batch",
+           "check_batch_size", "data_parallel", "mesh_size"]
 
 AXIS = "batch"
+MODEL_AXIS = "model"
 
 # XLA:CPU's default max_inflight_computations_per_device. Beyond it a sharded program's
 # dispatch can deadlock the all-reduce (see the module docstring); stay well below.
@@ -61,6 +71,34 @@ def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
     if len(set(devices)) != len(devices):
         raise FuncnetError(f"parallel: devices lists a device twice: {devices}")
     return Mesh(np.array(devices), (AXIS,))
+
+
+def make_mesh_2d(devices: Optional[Sequence] = None, *, model: int) -> Mesh:
+    """A 2-D `Mesh` (batch x model): `model` devices share each weight matrix (its output
+    columns split among them), and the batch is split over len(devices) / model groups."""
+    devices = jax.devices() if devices is None else list(devices)
+    if isinstance(model, bool) or not isinstance(model, int) or model < 1 or len(devices) % model:
+        raise FuncnetError(f"parallel: model must be a positive int dividing the {len(devices)} "
+                           f"devices, got {model!r}")
+    make_mesh(devices)  # the same checks
+    return Mesh(np.array(devices).reshape(len(devices) // model, model), (AXIS, MODEL_AXIS))
+
+
+def param_sharding(tree, mesh: Mesh):
+    """Shardings for a pytree of parameters (or a whole TrainState, optimizer moments
+    included): on a mesh with a "model" axis every weight named "w" (dense (in, out), conv
+    (kh, kw, c_in, c_out)) whose last axis divides is split along that axis over "model";
+    everything else (biases, batch-norm, scalars) is replicated."""
+    model = mesh.shape.get(MODEL_AXIS, 1)
+
+    def spec(path, leaf):
+        name = getattr(path[-1], "key", None) if path else None
+        shape = np.shape(leaf)
+        if model > 1 and name == "w" and len(shape) >= 2 and shape[-1] % model == 0:
+            return NamedSharding(mesh, PartitionSpec(*([None] * (len(shape) - 1)), MODEL_AXIS))
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(spec, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -87,8 +125,29 @@ def check_batch_size(batch_size: int, mesh: Mesh, where: str = "fit"):
 
 
 def replicate(tree, mesh: Mesh):
-    """Place a pytree (e.g. a TrainState) on every device of the mesh."""
+    """Place a pytree (e.g. a TrainState) on every device of the mesh (on a mesh with a
+    "model" axis, large weights split over it: `param_sharding`). With several processes
+    each process supplies its own devices' copies, from the host (all hold the same)."""
+    if jax.process_count() > 1:
+        tree = jax.device_get(tree)
+    if MODEL_AXIS in mesh.axis_names:
+        return jax.device_put(tree, param_sharding(tree, mesh))
     return jax.device_put(tree, replicated(mesh))
+
+
+def gather_batch(arrays, index, mesh: Mesh):
+    """The global batch `[a[index] for a in arrays]`, sharded along axis 0 over the mesh,
+    reading from each host array only the rows this process's devices hold (with several
+    processes, every one calls this with the same `index`, e.g. from the shared key)."""
+    index = np.asarray(index)
+    check_batch_size(len(index), mesh, "gather_batch")
+    sharding = batch_sharded(mesh)
+
+    def put(a):
+        shape = (len(index),) + a.shape[1:]
+        return jax.make_array_from_callback(shape, sharding, lambda i: a[index[i[0]]])
+
+    return tuple(put(np.asarray(a)) for a in arrays)
 
 
 def shard_batch(tree, mesh: Mesh):
@@ -111,5 +170,14 @@ def data_parallel(step, mesh: Mesh, *, donate: bool = True):
     replicated, x and y sharded along the batch, outputs replicated; the train_state's
     buffers are donated (reused for the new state) unless `donate=False`."""
     rep, bat = replicated(mesh), batch_sharded(mesh)
+    if MODEL_AXIS in mesh.axis_names:
+        # The state keeps `param_sharding` (placed by `replicate`, pinned on the way out);
+        # XLA splits each dense/conv product over "model" and gathers where needed.
+        def sharded(ts, x, y):
+            new, metrics = step(ts, x, y)
+            pin = jax.lax.with_sharding_constraint
+            return pin(new, param_sharding(new, mesh)), pin(metrics, rep)
+
+        return jax.jit(sharded, donate_argnums=(0,) if donate else ())
     return jax.jit(step, in_shardings=(rep, bat, bat), out_shardings=(rep, rep),
                    donate_argnums=(0,) if donate else ())

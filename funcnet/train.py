@@ -37,6 +37,7 @@ import optax
 
 from . import checkpoint as ckpt
 from . import data as data_mod
+from . import distributed
 from . import losses as losses_mod
 from . import parallel
 from ._validate import as_int
@@ -332,6 +333,10 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     """
     x, y = np.asarray(x), np.asarray(y)
     n = _check_pair(x, y, "evaluate")
+    if not all(getattr(a, "is_fully_addressable", True)
+               for a in jax.tree_util.tree_leaves((params, state))):
+        # Replicated over several processes: every process evaluates its own copy.
+        params, state = jax.device_get((params, state))
     batch_size = as_int(batch_size, "batch_size", "evaluate", error=FuncnetError)
     loss = _default_loss(y) if loss is None else loss
     out_shape = _output_shape(model, params, state, x.shape, "evaluate")
@@ -474,6 +479,8 @@ def _fit_settings(optimizer, train_data, *, loss, epochs, steps, batch_size, key
             raise FuncnetError(f"{where}: val_data inputs have shape (batch,) + {val[0].shape[1:]}, "
                                f"the training inputs (batch,) + {x.shape[1:]}")
     key = _raw_key(key, where)
+    if devices is None and jax.process_count() > 1:  # several processes: train as one
+        devices = jax.devices()
     mesh = None if devices is None else _data_parallel_mesh(devices, n, bs, drop_remainder, where)
     budget = min(epochs * per_epoch if epochs is not None else math.inf,
                  steps if steps is not None else math.inf)
@@ -583,7 +590,11 @@ class _Checkpoints:
                 step=step, epoch=step // steps_per_epoch + 1, loss=math.nan, checkpoint=self.last)
         meta = {"fit": self.signature, "partial": dict(sums),
                 "history": [dict(r) for r in history if not r.get("partial")]}
-        self.last = ckpt.save_step(self.directory, step, host, metadata=meta, keep=self.keep)
+        if distributed.is_main():  # process 0 writes; the others wait until it is in place
+            self.last = ckpt.save_step(self.directory, step, host, metadata=meta, keep=self.keep)
+        else:
+            self.last = ckpt.step_path(self.directory, step)
+        distributed.barrier(f"funcnet.fit.checkpoint.{step}")
 
     def saved(self, step) -> bool:
         return self.last is not None and self.last.endswith(f"{step:08d}.npz")
@@ -626,8 +637,10 @@ class _Metrics:
         self.history, self.sums, self.bar = history, sums, bar
         self.checkpoints, self.steps_per_epoch = checkpoints, steps_per_epoch
         self.pending = []  # (step, epoch, batch, metrics on device), not fetched yet
+        self.last_step = None  # the newest step dispatched (named when a peer is lost)
 
     def add(self, step, epoch, batch, metrics, sync_every):
+        self.last_step = step
         self.pending.append((step, epoch, batch, metrics))
         if len(self.pending) >= sync_every + 2:
             self.drain(keep_last=2)  # never more than sync_every + 2 steps in flight
@@ -694,9 +707,10 @@ def _run_epoch(loop: _Loop, ts, s, t0):
     order = batch_order(cfg.key, epoch, len(cfg.x))
     while b < cfg.steps_per_epoch and s < cfg.budget:
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-        xb, yb = cfg.x[idx], cfg.y[idx]
-        if cfg.mesh is not None:
-            xb, yb = parallel.shard_batch((xb, yb), cfg.mesh)
+        if cfg.mesh is not None:  # only this process's devices' rows are read
+            xb, yb = parallel.gather_batch((cfg.x, cfg.y), idx, cfg.mesh)
+        else:
+            xb, yb = cfg.x[idx], cfg.y[idx]
         ts, metrics = loop.step_fn(ts, xb, yb)
         loop.metrics.add(s + 1, epoch, b, metrics, loop.sync_every)
         s, b = s + 1, b + 1
@@ -771,6 +785,8 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
       key) resumes from the newest one by itself and continues exactly as if never stopped.
     - devices: a list of devices (or a Mesh) for data parallelism (`fn.parallel`): each
       batch is sharded across them, parameters replicated; the batch size must divide.
+      After `fn.distributed.initialize` (several processes) the default is every device
+      of every process; process 0 alone writes checkpoints (see `fn.distributed`).
     - progress: a tqdm bar (epoch, loss, accuracy, rate) on a terminal; silent when stderr
       is not a TTY, tqdm is not installed, or progress=False.
     - sync_every: metrics are fetched from the device every this many steps (the only host
@@ -809,6 +825,11 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
     loop = _Loop(model, cfg, step_fn, task, metrics, checkpoints, eval_batch_size, sync_every)
     try:
         ts = _run(loop, ts, target_loss=target_loss, callback=callback)
+    except Exception as e:  # a lost peer surfaces as a failed collective: say so
+        lost = distributed.as_process_lost(e, where, loop.metrics.last_step)
+        if lost is None:
+            raise
+        raise lost from e
     finally:
         if bar is not None:
             bar.close()
