@@ -1,6 +1,7 @@
 """funcnet: functional neural networks on JAX, with hand-derived backprop checked three ways."""
 from . import initializers, losses, ops
 from .backprop import backprop, with_manual_grads
+from .combinators import fanin_concat, fanin_sum, fanout, residual, time_distributed
 from .core import FuncnetError, Layer, LayerError, serial, summary
 from .gradcheck import (GradientCheckError, GradientReport, check_gradients, directional_check,
                         numerical_grad, rel_error)
