@@ -113,6 +113,10 @@ def _fanin_sum(hint=""):
                   f"(branch {i}){hint}")
         return shape[0]
 
+    def init(key, input_shape, dtype=None):
+        output_shape(input_shape)
+        return {}, {}
+
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(tuple(a.shape) for a in x))
         y = x[0]
@@ -124,7 +128,7 @@ def _fanin_sum(hint=""):
         """y = Σ_i x_i, so ∂y/∂x_i = I:  dx_i = dy for every branch."""
         return {}, (dy,) * cache["n"].shape[0]
 
-    return Layer(_no_params, forward, backward, "fanin_sum", output_shape)
+    return Layer(init, forward, backward, "fanin_sum", output_shape)
 
 
 fanin_sum = _fanin_sum()
@@ -147,6 +151,10 @@ def fanin_concat(axis: int = -1) -> Layer:
                   f"{shape[0]} (branch 0) and {s} (branch {i})")
         return shape[0][:a] + (sum(s[a] for s in shape),) + shape[0][a + 1:]
 
+    def init(key, input_shape, dtype=None):
+        output_shape(input_shape)
+        return {}, {}
+
     def forward(params, state, x, *, train=False, key=None):
         shapes = tuple(tuple(t.shape) for t in x)
         output_shape(shapes)
@@ -163,7 +171,7 @@ def fanin_concat(axis: int = -1) -> Layer:
             cuts.append(start)
         return {}, tuple(jnp.split(dy, cuts, axis=a))
 
-    return Layer(_no_params, forward, backward, "fanin_concat", output_shape)
+    return Layer(init, forward, backward, "fanin_concat", output_shape)
 
 
 def residual(*layers: Layer, shortcut: Layer = None) -> Layer:
@@ -189,7 +197,7 @@ def time_distributed(layer: Layer) -> Layer:
     state are the wrapped layer's. backward: the layer's backward on dy folded the same way."""
     if not isinstance(layer, Layer):
         raise LayerError(f"time_distributed: expects a Layer, got {layer!r}")
-    where = f"time_distributed ({layer.name})"
+    where = f"each step ({layer.name})"
 
     def inner(shape):
         check(is_shape(shape) and len(shape) >= 3, f"time_distributed expects input (batch, time, "
@@ -197,15 +205,16 @@ def time_distributed(layer: Layer) -> Layer:
         return (shape[0] * shape[1],) + tuple(shape[2:])
 
     def output_shape(shape):
+        folded = inner(shape)
         try:
-            out = infer_output_shape(layer, inner(shape))
+            out = infer_output_shape(layer, folded)
         except LayerError as e:
             raise e.inside(where) from None
         return (shape[0], shape[1]) + tuple(out[1:])
 
     def init(key, input_shape, dtype=None):
+        s = inner(tuple(input_shape))
         try:
-            s = inner(tuple(input_shape))
             return layer.init(key, s) if dtype is None else layer.init(key, s, dtype)
         except LayerError as e:
             raise e.inside(where) from None
