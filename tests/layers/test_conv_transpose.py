@@ -81,17 +81,18 @@ def test_agrees_with_torch_conv_transpose2d_on_a_hand_example(padding, expected)
 
 
 def test_backward_three_ways():
-    """Three configurations side by side in one model (one compilation): int padding under
-    stride, "SAME" with k > s and with k < s (zeros added at the bottom)."""
-    configs = [(3, 2, 1), ((2, 3), (3, 1), "SAME"), (1, 2, "SAME")]
-    model = fn.serial(fn.fanout(3), fn.parallel(*[fn.serial(fn.conv_transpose2d(2, *c), fn.flatten)
+    """Two configurations side by side in one model (one compilation): int padding under
+    stride, and "SAME" with k < s on the height (zeros added at the bottom) and k > s on
+    the width (cropped)."""
+    configs = [(3, 2, 1), ((2, 3), (3, 1), "SAME")]
+    model = fn.serial(fn.fanout(2), fn.parallel(*[fn.serial(fn.conv_transpose2d(2, *c), fn.flatten)
                                                   for c in configs]), fn.fanin_concat())
     with jax.enable_x64(True):
         params, state = model.init(jax.random.PRNGKey(1), (2, 3, 2, 2), jnp.float64)
         params = jax.tree_util.tree_map(lambda p: p + jnp.asarray(normal(3, p.shape)), params)
         report = fn.check_gradients(model, params, state, jnp.asarray(normal(4, (2, 3, 2, 2))))
     assert report.ok, report
-    assert len(report.rows) == 7  # w and b of each configuration, and the input
+    assert len(report.rows) == 5  # w and b of each configuration, and the input
 
 
 def test_same_is_the_adjoint_of_a_same_conv2d():
