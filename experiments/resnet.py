@@ -32,7 +32,7 @@ KINDS = {"plain": False, "residual": True}
 def add_arguments(p):
     p.add_argument("--depth", type=int, default=20, help="6n + 2 weighted layers (default %(default)s)")
     p.add_argument("--width", type=int, default=16, help="channels of the first stage (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=12, help="(default %(default)s)")
+    p.add_argument("--epochs", type=int, default=10, help="(default %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default %(default)s)")
 
