@@ -25,7 +25,9 @@ class Layer(NamedTuple):
 
     `name` is the layer's kind ("dense", "conv2d", ...), used in error messages, parameter
     paths and summaries. `output_shape` maps an input shape to the output shape (None means
-    "infer it by tracing `forward`"). `layers` holds the children of a serial.
+    "infer it by tracing `forward`"). `layers` holds the children of a container: run in
+    sequence for a serial (and `residual`, a renamed serial), side by side on the entries of
+    a tuple for a `parallel` (see `is_branching`). Shapes of tuple inputs are tuples of shapes.
     """
 
     init: Callable
