@@ -12,6 +12,7 @@ shape mistakes surface at `init`, naming the layer, instead of inside XLA.
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -58,8 +59,17 @@ def is_shape(shape) -> bool:
 def as_shape(shape):
     """`shape` as a tuple of ints, or a tuple of such tuples for tuple inputs."""
     if is_shape(shape):
-        return tuple(int(d) for d in shape)
+        return tuple(_dim(d) for d in shape)
     return tuple(as_shape(s) for s in shape)
+
+
+def _dim(d):
+    """NumPy ints as Python ints (readable in messages); anything else is left for the
+    layer's own check to reject (never truncated)."""
+    try:
+        return operator.index(d)
+    except TypeError:
+        return d
 
 
 def shape_of(tree):

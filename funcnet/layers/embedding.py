@@ -19,7 +19,7 @@ __all__ = ["embedding", "check_indices"]
 def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
     """params {"w": (vocab_size, dim)} (N(0, 1) by default, as torch.nn.Embedding);
     input (batch, ...) of integer ids -> (batch, ..., dim). Float input holding whole
-    numbers is accepted (fit stores inputs as float32) and cast to int32."""
+    numbers is accepted (fit stores inputs as float32) and rounded to the nearest id."""
     vocab_size = as_int(vocab_size, "vocab_size", "embedding")
     dim = as_int(dim, "dim", "embedding")
     w_init = resolve(w_init, "embedding", "w_init")
@@ -34,18 +34,26 @@ def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
 
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))
-        rows = params["w"].shape[0]
-        ids = jnp.clip(jnp.asarray(x).astype(jnp.int32), 0, rows - 1)  # what XLA would do anyway
-        return params["w"][ids], state, {"ids": ids, "rows": jnp.zeros((rows, 0))}
+        x, rows = jnp.asarray(x), params["w"].shape[0]
+        cache = {"rows": jnp.zeros((rows, 0))}  # the table's size, as the shape of an empty array
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            cache["float_ids"] = jnp.zeros((0,), x.dtype)  # dx is zeros of this dtype
+            x = jnp.round(x)
+        ids = jnp.clip(x.astype(jnp.int32), 0, rows - 1)  # what XLA would do anyway
+        cache["ids"] = ids
+        return params["w"][ids], state, cache
 
     def backward(params, cache, dy):
         """dW[v] = Σ_{positions p with x_p = v} dy_p: a scatter-add of dy into the rows that
         were used (a row used twice gets both contributions; unused rows get 0).
-        The ids are integers: there is no gradient to the input, and dx is None."""
+        The ids are piecewise constant: there is no gradient to the input. dx is None for
+        integer ids and zeros for float ids (so fn.check_gradients can be given float ids,
+        which its finite differences leave on the same row, as rounding does)."""
         ids, rows = cache["ids"], cache["rows"].shape[0]
         dw = jnp.zeros((rows, dy.shape[-1]), dy.dtype).at[ids.reshape(-1)].add(
             dy.reshape(-1, dy.shape[-1]))
-        return {"w": dw}, None
+        dx = jnp.zeros(ids.shape, cache["float_ids"].dtype) if "float_ids" in cache else None
+        return {"w": dw}, dx
 
     return Layer(init, forward, backward, "embedding", output_shape)
 
