@@ -78,9 +78,22 @@ def networks(quick: bool = False):
     }
     nets["cnn/fn.models.lenet (8x8)"] = (fn.models.lenet(10, 8), (2, 8, 8, 1), "classes10", ce,
                                          False, sampled)
+    # Branches and the newer layers (embedding takes integer ids: see tests/layers/test_embedding.py).
+    nets["resnet/depth 8, train mode"] = (fn.models.resnet(10, 8, depth=8, width=2), (2, 8, 8, 1),
+                                          "classes10", ce, True, sampled)
+    nets["layers/conv_transpose2d+layer_norm+gelu"] = (
+        fn.serial(fn.conv_transpose2d(2, 3, 2, 1), fn.layer_norm(), fn.gelu, fn.conv2d(3, 2),
+                  fn.leaky_relu(0.1), fn.global_avg_pool, fn.dense(4)),
+        (2, 3, 3, 1), "classes4", ce, False, None)
+    nets["layers/conv1d+elu+softplus+time_distributed"] = (
+        fn.serial(fn.conv1d(3, 3, padding="SAME"), fn.elu(), fn.time_distributed(fn.dense(2)),
+                  fn.gelu_tanh, fn.fanout(2), fn.parallel(fn.softplus, fn.identity),
+                  fn.fanin_concat(), fn.flatten, fn.dense(3)),
+        (3, 5, 2), "classes3", ce, False, None)
     if quick:  # one network per experiment (compilation dominates the time)
         keep = ("xor/mlp_tanh", "fc_net/batch_norm+dropout", "cnn/digits tanh/mean/ignore",
-                "losses/regressor (rmse)", "init_study/10-layer tanh", "graph_net/dag")
+                "losses/regressor (rmse)", "init_study/10-layer tanh", "graph_net/dag",
+                "resnet/depth 8, train mode")
         nets = {k: nets[k] for k in keep}
     return nets
 

@@ -1,12 +1,15 @@
 """funcnet: functional neural networks on JAX, with hand-derived backprop checked three ways."""
 from . import initializers, losses, ops
 from .backprop import backprop, with_manual_grads
+from .combinators import fanin_concat, fanin_sum, fanout, residual, time_distributed
 from .core import FuncnetError, Layer, LayerError, serial, summary
 from .gradcheck import (GradientCheckError, GradientReport, check_gradients, directional_check,
                         numerical_grad, rel_error)
 from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaussian_pool,
                      identity, learned_pool, log_softmax, max_pool, relu, sigmoid, sign, softmax,
                      tanh)
+from .layers import (conv1d, conv_transpose2d, elu, embedding, gelu, gelu_tanh, global_avg_pool,
+                     layer_norm, leaky_relu, softplus)
 from .losses import accuracy
 # Training, data and checkpoints (data imports scikit-learn / mlxtend only when loading).
 from . import checkpoint, data, distributed, models, parallel, train

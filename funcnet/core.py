@@ -12,6 +12,7 @@ shape mistakes surface at `init`, naming the layer, instead of inside XLA.
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
@@ -29,7 +30,9 @@ class Layer(NamedTuple):
 
     `name` is the layer's kind ("dense", "conv2d", ...), used in error messages, parameter
     paths and summaries. `output_shape` maps an input shape to the output shape (None means
-    "infer it by tracing `forward`"). `layers` holds the children of a serial.
+    "infer it by tracing `forward`"). `layers` holds the children of a container: run in
+    sequence for a serial (and `residual`, a renamed serial), side by side on the entries of
+    a tuple for a `parallel` (see `is_branching`). Shapes of tuple inputs are tuples of shapes.
     """
 
     init: Callable
@@ -46,21 +49,64 @@ class Layer(NamedTuple):
 
     def __repr__(self):
         if self.layers:
-            return f"serial({', '.join(repr(l) for l in self.layers)})"
+            return f"{self.name}({', '.join(repr(l) for l in self.layers)})"
         return self.name
+
+
+# A shape is a tuple of ints; a layer whose input is a tuple of arrays (a branch of
+# `parallel`, `fanin_sum`, ...) takes a tuple of shapes, one per array, nested as the arrays are.
+def is_shape(shape) -> bool:
+    """True for one array's shape (a tuple of ints), False for a tuple of shapes."""
+    return all(not isinstance(d, (tuple, list)) for d in shape)
+
+
+def as_shape(shape):
+    """`shape` as a tuple of ints, or a tuple of such tuples for tuple inputs."""
+    if is_shape(shape):
+        return tuple(_dim(d) for d in shape)
+    return tuple(as_shape(s) for s in shape)
+
+
+def _dim(d):
+    """NumPy ints as Python ints (readable in messages); anything else is left for the
+    layer's own check to reject (never truncated)."""
+    try:
+        return operator.index(d)
+    except TypeError:
+        return d
+
+
+def shape_of(tree):
+    """The shape (or tuple of shapes) of an array or a tuple of arrays."""
+    if isinstance(tree, (tuple, list)):
+        return tuple(shape_of(t) for t in tree)
+    return tuple(tree.shape)
+
+
+def _abstract(shape, dtype):
+    if is_shape(shape):
+        return jax.ShapeDtypeStruct(shape, dtype)
+    return tuple(_abstract(s, dtype) for s in shape)
 
 
 def infer_output_shape(layer: Layer, input_shape, params=None, state=None):
     """A layer's output shape: from `output_shape`, else by tracing its forward."""
+    input_shape = as_shape(input_shape)
     if layer.output_shape is not None:
-        return tuple(layer.output_shape(tuple(input_shape)))
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+        return as_shape(layer.output_shape(input_shape))
+    x = _abstract(input_shape, jnp.float32)
     y = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x)[0], params, state, x)
-    return tuple(y.shape)
+    return shape_of(y)
 
 
 def _label(i: int, layer: Layer) -> str:
     return f"layer {i} ({layer.name})"
+
+
+def is_branching(layer: Layer) -> bool:
+    """True for a container whose children run side by side on the entries of a tuple
+    (`parallel`), False for one whose children run in sequence (`serial`, `residual`)."""
+    return layer.name == "parallel" and bool(layer.layers)
 
 
 def serial(*layers: Layer) -> Layer:
@@ -77,7 +123,7 @@ def serial(*layers: Layer) -> Layer:
     layers = tuple(layers)
 
     def output_shape(input_shape):
-        shape = tuple(input_shape)
+        shape = as_shape(input_shape)
         for i, layer in enumerate(layers):
             try:
                 shape = infer_output_shape(layer, shape)
@@ -87,7 +133,7 @@ def serial(*layers: Layer) -> Layer:
 
     def init(key, input_shape, dtype=None):
         keys = jax.random.split(key, max(len(layers), 1))
-        params, state, shape = [], [], tuple(input_shape)
+        params, state, shape = [], [], as_shape(input_shape)
         for i, (layer, k) in enumerate(zip(layers, keys)):
             try:
                 shape = nonempty_shape(shape, layer.name)
@@ -157,25 +203,31 @@ def _key_str(k) -> str:
 
 def summary(model: Layer, input_shape, dtype=None) -> str:
     """A text table of each layer's kind, output shape and parameter count, with the total."""
-    params, _ = jax.eval_shape(lambda k: model.init(k, tuple(input_shape), dtype),
+    input_shape = as_shape(input_shape)
+    params, _ = jax.eval_shape(lambda k: model.init(k, input_shape, dtype),
                                jax.random.PRNGKey(0))
     rows = []
 
     def walk(layer, p, shape, prefix):
         if layer.layers:
+            outs = []
             for i, (child, cp) in enumerate(zip(layer.layers, p)):
-                shape = walk(child, cp, shape, f"{prefix}.{i}" if prefix else str(i))
-            return shape
+                label = f"{prefix}.{i}" if prefix else str(i)
+                if is_branching(layer):  # each branch reads its own entry of the tuple
+                    outs.append(walk(child, cp, shape[i], label))
+                else:
+                    shape = walk(child, cp, shape, label)
+            return tuple(outs) if is_branching(layer) else shape
         out = infer_output_shape(layer, shape, p)
         count = sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(p))
         rows.append((prefix or "0", layer.name, str(out), count))
         return out
 
-    walk(model, params, tuple(input_shape), "")
+    walk(model, params, input_shape, "")
     total = sum(r[3] for r in rows)
     head = ("#", "layer", "output shape", "params")
     table = [head] + [(r[0], r[1], r[2], f"{r[3]:,}") for r in rows]
-    foot = ("", "total", f"(input {tuple(input_shape)})", f"{total:,}")
+    foot = ("", "total", f"(input {input_shape})", f"{total:,}")
     widths = [max(len(r[j]) for r in table + [foot]) for j in range(4)]
 
     def line(r):

@@ -11,6 +11,8 @@ Each function returns a plain `serial` (a Layer); nothing here is special to the
 - `fc(num_classes, hidden=(100, 100), dropout_rate=0.1)`: cs231n's FullyConnectedNet,
   {affine - batchnorm - relu - dropout} x L - affine - (softmax in the loss).
 - `mlp(num_classes, hidden=(128,))`: affine - relu - ... - affine.
+- `resnet(num_classes, image_size, depth=8)`: a small residual CNN (He et al. 2016, the
+  CIFAR variant: depth = 6n + 2), see its docstring.
 
 `fc` and `mlp` flatten their input first, so they take images or feature vectors alike.
 """
@@ -19,11 +21,13 @@ from __future__ import annotations
 from typing import Sequence
 
 from ._validate import as_int
+from .combinators import residual
 from .core import LayerError, serial
 from .initializers import he
-from .layers import batch_norm, conv2d, dense, dropout, flatten, max_pool, relu
+from .layers import (batch_norm, conv2d, dense, dropout, flatten, global_avg_pool, max_pool,
+                     relu)
 
-__all__ = ["lenet", "fc", "mlp", "MODELS", "build"]
+__all__ = ["lenet", "fc", "mlp", "resnet", "MODELS", "build"]
 
 
 def _check_classes(num_classes, where) -> int:
@@ -71,15 +75,50 @@ def mlp(num_classes: int = 10, hidden: Sequence[int] = (128,)):
     return serial(*layers, dense(num_classes))
 
 
-MODELS = {"lenet": lenet, "fc": fc, "mlp": mlp}
+def _resnet_block(channels: int, stride: int, project: bool, skip: bool):
+    """conv3x3 - bn - relu - conv3x3 - bn, + the input (a 1x1 conv projection when the shape
+    changes), then relu. `skip=False`: the same layers without the addition (a plain net)."""
+    body = [conv2d(channels, 3, stride, "SAME", w_init=he), batch_norm(), relu,
+            conv2d(channels, 3, 1, "SAME", w_init=he), batch_norm()]
+    if not skip:
+        return body + [relu]
+    shortcut = serial(conv2d(channels, 1, stride, w_init=he), batch_norm()) if project else None
+    return [residual(*body, shortcut=shortcut), relu]
+
+
+def resnet(num_classes: int = 10, image_size: int = 28, depth: int = 8, width: int = 16,
+           skip: bool = True):
+    """A small residual CNN: conv3x3-bn-relu stem, three stages of n = (depth − 2) / 6
+    residual blocks (two 3x3 conv-bn each) of `width`, 2·`width` and 4·`width` channels, the
+    second and third starting with stride 2 and a 1x1 conv-bn projection shortcut, then
+    global_avg_pool and a dense layer to `num_classes` logits: depth weighted layers in all.
+    Images of 20 pixels or more (28x28 MNIST) get a stride-2 stem (28 -> 14 -> 7 -> 4), smaller
+    ones (8x8 digits) stride 1. `skip=False` builds the plain net of the same depth (the
+    degradation study's control)."""
+    _check_classes(num_classes, "resnet")
+    depth = as_int(depth, "depth", "resnet", minimum=8)
+    width = as_int(width, "width", "resnet")
+    if (depth - 2) % 6:
+        raise LayerError(f"resnet: depth must be 6n + 2 (8, 14, 20, ...), got {depth}")
+    n = (depth - 2) // 6
+    layers = [conv2d(width, 3, 2 if image_size >= 20 else 1, "SAME", w_init=he), batch_norm(), relu]
+    for stage in range(3):
+        for b in range(n):
+            first = b == 0 and stage > 0
+            layers += _resnet_block(width * 2 ** stage, 2 if first else 1, first, skip)
+    return serial(*layers, global_avg_pool, dense(num_classes))
+
+
+MODELS = {"lenet": lenet, "fc": fc, "mlp": mlp, "resnet": resnet}
 
 
 def build(name: str, input_shape, num_classes: int):
-    """The model `name` ("lenet", "fc" or "mlp") for inputs of `input_shape` (batch first)."""
+    """The model `name` ("lenet", "fc", "mlp" or "resnet") for inputs of `input_shape`
+    (batch first)."""
     if name not in MODELS:
         raise LayerError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    if name == "lenet":
+    if name in ("lenet", "resnet"):
         if len(input_shape) != 4:
-            raise LayerError(f"lenet needs NHWC images, got inputs of shape {tuple(input_shape)}")
-        return lenet(num_classes, image_size=int(min(input_shape[1:3])))
+            raise LayerError(f"{name} needs NHWC images, got inputs of shape {tuple(input_shape)}")
+        return MODELS[name](num_classes, image_size=int(min(input_shape[1:3])))
     return MODELS[name](num_classes)

@@ -37,6 +37,8 @@ run ahead; code driving a sharded step by hand must also block every few steps (
 """
 from __future__ import annotations
 
+import sys
+import types
 from typing import Optional, Sequence
 
 import jax
@@ -181,3 +183,15 @@ def data_parallel(step, mesh: Mesh, *, donate: bool = True):
         return jax.jit(sharded, donate_argnums=(0,) if donate else ())
     return jax.jit(step, in_shardings=(rep, bat, bat), out_shardings=(rep, rep),
                    donate_argnums=(0,) if donate else ())
+
+
+class _CallableModule(types.ModuleType):
+    """`fn.parallel` is both this module (fn.parallel.make_mesh, ...) and the branch
+    combinator: `fn.parallel(*layers)` builds `funcnet.combinators.parallel(*layers)`."""
+
+    def __call__(self, *layers):
+        from .combinators import parallel
+        return parallel(*layers)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -42,6 +42,7 @@ from . import losses as losses_mod
 from . import parallel
 from ._validate import as_int
 from .core import FuncnetError, Layer, LayerError
+from .layers.embedding import check_indices
 
 __all__ = ["TrainState", "NonFiniteLossError", "History", "init_train_state", "make_step",
            "evaluate", "fit", "batch_order"]
@@ -342,6 +343,7 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     out_shape = _output_shape(model, params, state, x.shape, "evaluate")
     task = _task(loss, y.dtype, len(out_shape))
     _check_targets(y, out_shape, task, "evaluate")
+    check_indices(model, params, x, "evaluate")  # ids into an embedding: XLA would clamp them
     bs = min(int(batch_size), n)
     fn = _eval_function(model, loss, task)
     parts = []
@@ -531,6 +533,7 @@ def _check_model_fits(model, like, settings, where) -> str:
     out_shape = _output_shape(model, like.params, like.state, settings.x.shape, where)
     task = _task(settings.loss, settings.y.dtype, len(out_shape))
     _check_targets(settings.y, out_shape, task, where)
+    check_indices(model, like.params, settings.x, where)  # ids into an embedding: XLA would clamp them
     if settings.val is not None:
         _check_targets(settings.val[1], out_shape, task, "fit (val_data)")
     return task

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from experiments import (cnn, fc_net, gradcheck, graph_net, init_study, losses,
-                         optimizers, regularization, xor)
+                         optimizers, regularization, resnet, xor)
 
 
 def run(module, tmp_path, *figures):
@@ -59,7 +59,8 @@ def test_graph_net_rejects_a_cycle():
 
 def test_gradcheck_passes_and_catches_copy_to_all_max_pool(tmp_path):
     m = run(gradcheck, tmp_path, "gradcheck.png")
-    assert m["ok"] and m["passed"] == m["checks"] >= 6
+    assert m["ok"] and m["passed"] == m["checks"] >= 7
+    assert m["networks"]["resnet/depth 8, train mode"]["ok"]
     assert all(r["worst_manual_vs_autodiff"] < 1e-6 for r in m["networks"].values())
     assert m["max_pool_argmax_ok"] and not m["max_pool_copy_to_all_ok"]
     # The wrong rule corrupts every gradient below the pool, not the dense layer above it.
@@ -116,3 +117,15 @@ def test_optimizers_all_descend(tmp_path):
         assert curve["step"][0] == 0 and curve["step"][-1] == m["steps"]
         assert curve["loss"][-1] < 0.6 * curve["loss"][0], name
         assert curve["seconds"] == sorted(curve["seconds"])
+
+
+def test_resnet_study_measures_both_nets(tmp_path):
+    m = run(resnet, tmp_path, "grad_norms.png", "curves.png")
+    assert m["depth"] == 8 and m["epochs"] == 1
+    for name in ("plain", "residual"):
+        norms = m[name]["conv_grad_norms_at_init"]
+        # the stem and the six block convolutions (projection shortcuts left out), all reached
+        assert len(norms) == 7 and all(0 < v < 1e3 for v in norms)
+        assert 0 <= m[name]["test_accuracy"] <= 1 and m[name]["final_train_loss"] > 0
+    # the same layers, plus the two 1x1 conv-bn projections (8 -> 16, 16 -> 32 channels)
+    assert m["residual"]["parameters"] - m["plain"]["parameters"] == (8 * 16 + 16 + 32) + (16 * 32 + 32 + 64)

@@ -42,14 +42,15 @@ def test_build_picks_the_variant_from_the_input_shape():
     assert shapes(models.build("lenet", (1, 8, 8, 1), 10), (1, 8, 8, 1))[0] == (1, 10)
     assert shapes(models.build("lenet", (1, 28, 28, 1), 5), (1, 28, 28, 1))[0] == (1, 5)
     assert kinds(models.build("mlp", (1, 4), 3)) == kinds(models.mlp(3))
-    assert set(models.MODELS) == {"lenet", "fc", "mlp"}
+    assert set(models.MODELS) == {"lenet", "fc", "mlp", "resnet"}
 
 
 @pytest.mark.parametrize("call, message", [
     (lambda: models.mlp(1), "mlp: num_classes must be an int >= 2, got 1"),
     (lambda: models.fc(2.0), "fc: num_classes must be an int >= 2"),
     (lambda: models.lenet(10, image_size=3), "lenet: images must be at least 4x4"),
-    (lambda: models.build("resnet", (1, 4), 3), "unknown model 'resnet'"),
+    (lambda: models.build("vgg", (1, 4), 3), "unknown model 'vgg'"),
+    (lambda: models.build("resnet", (1, 4), 3), "resnet needs NHWC images"),
     (lambda: models.build("lenet", (1, 4), 3), "lenet needs NHWC images"),
 ])
 def test_bad_arguments_are_layer_errors(call, message):

@@ -1,6 +1,12 @@
 """One file per layer family; each holds init, forward and backward side by side."""
-from .activation import identity, log_softmax, relu, sigmoid, sign, softmax, tanh
+from .activation import (elu, gelu, gelu_tanh, identity, leaky_relu, log_softmax, relu, sigmoid,
+                         sign, softmax, softplus, tanh)
 from .conv import conv2d
+from .conv1d import conv1d
+from .conv_transpose import conv_transpose2d
+from .embedding import embedding
+from .global_pool import global_avg_pool
+from .layer_norm import layer_norm
 from .dense import dense
 from .dropout import dropout
 from .norm import batch_norm

@@ -1,8 +1,20 @@
-"""Element-wise activations and the softmax pair. Each is a Layer value, not a function."""
+"""Element-wise activations and the softmax pair.
+
+Options-free activations are Layer values (`relu`, `gelu`, ...); those with an option are
+functions (`elu(alpha)`, `leaky_relu(negative_slope)`). Each element-wise activation is a
+pair written side by side: `f(x) -> (y, cache)` and `f'(cache)`, the derivative, whose
+docstring gives the formula; the layer's backward is dx = dy · f'(x).
+"""
+import math
+
 import jax
 import jax.numpy as jnp
 
+from .._validate import check
 from ..core import Layer
+
+__all__ = ["relu", "sigmoid", "tanh", "sign", "identity", "gelu", "gelu_tanh", "softplus",
+           "elu", "leaky_relu", "softmax", "log_softmax"]
 
 
 def _no_params(key, input_shape, dtype=None):
@@ -13,40 +25,160 @@ def _same_shape(shape):
     return tuple(shape)
 
 
-def _elementwise(name, f, grad_from_cache, cache_of, doc):
-    """A parameter-free layer y = f(x) with dx = dy · f'(x), f' computed from the cache."""
+def _elementwise(name, f, derivative):
+    """The parameter-free layer y = f(x), dx = dy · f'(x), from the pair
+    f(x) -> (y, cache) and derivative(cache) -> f'(x)."""
 
     def forward(params, state, x, *, train=False, key=None):
-        y = f(x)
-        return y, state, cache_of(x, y)
+        y, cache = f(x)
+        return y, state, cache
 
     def backward(params, cache, dy):
-        return {}, dy * grad_from_cache(cache)
+        return {}, dy * derivative(cache)
 
-    backward.__doc__ = doc
+    backward.__doc__ = f"{f.__doc__}\n{derivative.__doc__}"
     return Layer(_no_params, forward, backward, name, _same_shape)
 
 
-relu = _elementwise(
-    "relu", lambda x: jnp.maximum(x, 0), lambda c: (c["x"] > 0).astype(c["x"].dtype),
-    lambda x, y: {"x": x},
-    "relu(x) = max(0, x);  dx = dy · [x > 0]  (the subgradient 0 is taken at x = 0).")
+def _relu(x):
+    """relu(x) = max(0, x)."""
+    return jnp.maximum(x, 0), {"x": x}
 
-sigmoid = _elementwise(
-    "sigmoid", jax.nn.sigmoid, lambda c: c["y"] * (1 - c["y"]), lambda x, y: {"y": y},
-    "σ(x) = 1 / (1 + e⁻ˣ);  dx = dy · σ(x)(1 − σ(x)).  (σ is not tanh: tanh = 2σ(2x) − 1.)")
 
-tanh = _elementwise(
-    "tanh", jnp.tanh, lambda c: 1 - c["y"] ** 2, lambda x, y: {"y": y},
-    "tanh(x);  dx = dy · (1 − tanh²(x)).")
+def _relu_derivative(cache):
+    """relu'(x) = [x > 0]  (the subgradient 0 is taken at x = 0)."""
+    return (cache["x"] > 0).astype(cache["x"].dtype)
 
-sign = _elementwise(
-    "sign", jnp.sign, lambda c: jnp.zeros_like(c["x"]), lambda x, y: {"x": x},
-    "sign(x) ∈ {−1, 0, 1};  dx = 0: the derivative is zero almost everywhere (and undefined "
-    "at 0), so nothing below a sign layer can be trained through it.")
 
-identity = _elementwise(
-    "identity", lambda x: x, lambda c: 1, lambda x, y: {}, "identity;  dx = dy.")
+def _sigmoid(x):
+    """σ(x) = 1 / (1 + e⁻ˣ)."""
+    y = jax.nn.sigmoid(x)
+    return y, {"y": y}
+
+
+def _sigmoid_derivative(cache):
+    """σ'(x) = σ(x)(1 − σ(x)).  (σ is not tanh: tanh = 2σ(2x) − 1.)"""
+    return cache["y"] * (1 - cache["y"])
+
+
+def _tanh(x):
+    """tanh(x)."""
+    y = jnp.tanh(x)
+    return y, {"y": y}
+
+
+def _tanh_derivative(cache):
+    """tanh'(x) = 1 − tanh²(x)."""
+    return 1 - cache["y"] ** 2
+
+
+def _sign(x):
+    """sign(x) ∈ {−1, 0, 1}."""
+    return jnp.sign(x), {"x": x}
+
+
+def _sign_derivative(cache):
+    """sign'(x) = 0: zero almost everywhere (undefined at 0), so nothing below a sign layer
+    can be trained through it."""
+    return jnp.zeros_like(cache["x"])
+
+
+def _identity(x):
+    """identity(x) = x."""
+    return x, {}
+
+
+def _identity_derivative(cache):
+    """identity'(x) = 1."""
+    return 1
+
+
+relu = _elementwise("relu", _relu, _relu_derivative)
+sigmoid = _elementwise("sigmoid", _sigmoid, _sigmoid_derivative)
+tanh = _elementwise("tanh", _tanh, _tanh_derivative)
+sign = _elementwise("sign", _sign, _sign_derivative)
+identity = _elementwise("identity", _identity, _identity_derivative)
+
+
+def _gelu(x):
+    """gelu(x) = x Φ(x) = ½ x (1 + erf(x / √2))  (exact; Hendrycks & Gimpel 2016)."""
+    return 0.5 * x * (1 + jax.scipy.special.erf(x / math.sqrt(2))), {"x": x}
+
+
+def _gelu_derivative(cache):
+    """gelu'(x) = Φ(x) + x φ(x) = ½ (1 + erf(x / √2)) + x e^(−x²/2) / √(2π)."""
+    x = cache["x"]
+    return (0.5 * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+            + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
+
+
+_C = math.sqrt(2 / math.pi)
+
+
+def _gelu_tanh(x):
+    """gelu_tanh(x) = ½ x (1 + tanh u),  u = √(2/π) (x + 0.044715 x³)  (the tanh approximation)."""
+    t = jnp.tanh(_C * (x + 0.044715 * x ** 3))
+    return 0.5 * x * (1 + t), {"x": x, "t": t}
+
+
+def _gelu_tanh_derivative(cache):
+    """gelu_tanh'(x) = ½ (1 + t) + ½ x (1 − t²) √(2/π) (1 + 3 · 0.044715 x²),  t = tanh u."""
+    x, t = cache["x"], cache["t"]
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _C * (1 + 3 * 0.044715 * x * x)
+
+
+def _softplus(x):
+    """softplus(x) = log(1 + eˣ)  (computed as logaddexp(0, x): no overflow)."""
+    return jnp.logaddexp(0, x), {"x": x}
+
+
+def _softplus_derivative(cache):
+    """softplus'(x) = eˣ / (1 + eˣ) = σ(x)."""
+    return jax.nn.sigmoid(cache["x"])
+
+
+gelu = _elementwise("gelu", _gelu, _gelu_derivative)
+gelu_tanh = _elementwise("gelu_tanh", _gelu_tanh, _gelu_tanh_derivative)
+softplus = _elementwise("softplus", _softplus, _softplus_derivative)
+
+
+def _finite_number(value, what, where):
+    check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+          f"{where}: {what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def elu(alpha=1.0) -> Layer:
+    """elu(x) = x for x > 0, α (eˣ − 1) otherwise (Clevert et al. 2015); α > 0."""
+    alpha = _finite_number(alpha, "alpha", "elu")
+    check(alpha > 0, f"elu: alpha must be > 0, got {alpha!r}")
+
+    def f(x):
+        """elu(x) = x if x > 0 else α (eˣ − 1)."""
+        y = jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))  # no overflow in the unused branch
+        return y, {"x": x, "y": y}
+
+    def derivative(cache):
+        """elu'(x) = 1 if x > 0 else α eˣ = y + α  (α is taken at x = 0)."""
+        return jnp.where(cache["x"] > 0, 1.0, cache["y"] + alpha).astype(cache["x"].dtype)
+
+    return _elementwise("elu", f, derivative)
+
+
+def leaky_relu(negative_slope=0.01) -> Layer:
+    """leaky_relu(x) = x for x > 0, negative_slope · x otherwise. Any finite slope is
+    allowed, a negative one too (then the layer is not monotonic)."""
+    slope = _finite_number(negative_slope, "negative_slope", "leaky_relu")
+
+    def f(x):
+        """leaky_relu(x) = x if x > 0 else a x."""
+        return jnp.where(x > 0, x, slope * x), {"x": x}
+
+    def derivative(cache):
+        """leaky_relu'(x) = 1 if x > 0 else a  (a is taken at x = 0)."""
+        return jnp.where(cache["x"] > 0, 1.0, slope).astype(cache["x"].dtype)
+
+    return _elementwise("leaky_relu", f, derivative)
 
 
 def _softmax_forward(params, state, x, *, train=False, key=None):
