@@ -1,0 +1,14 @@
+"""Gradient verification: numerical gradients, the three-way check of a funcnet model, and
+checks of gradients funcnet did not write (custom_vjp rules, NumPy backward functions,
+user layers, second derivatives).
+
+  numerical.py       numerical_grad, rel_error, directional_check
+  report.py          GradientRow / GradientReport: one row per leaf, worst element named
+  model.py           check_gradients (a model's backward vs jax.grad vs differences)
+"""
+from .model import check_gradients
+from .numerical import directional_check, numerical_grad, rel_error
+from .report import GradientCheckError, GradientReport, GradientRow
+
+__all__ = ["numerical_grad", "rel_error", "directional_check", "GradientRow", "GradientReport",
+           "GradientCheckError", "check_gradients"]
