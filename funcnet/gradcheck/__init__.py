@@ -5,14 +5,15 @@ user layers, second derivatives).
   numerical.py       numerical_grad, rel_error, directional_check
   report.py          GradientRow / GradientReport: one row per leaf, worst element named
   model.py           check_gradients (a model's backward vs jax.grad vs differences)
-  functions.py       check_vjp (a JAX function's VJP, e.g. its custom_vjp rule)
+  functions.py       check_vjp (a JAX function's VJP, e.g. its custom_vjp rule), check_hvp
   numpy_backward.py  check_backward (a cs231n-style NumPy forward/backward pair)
 """
-from .functions import check_vjp
+from .functions import check_hvp, check_vjp
 from .model import check_gradients
 from .numerical import directional_check, numerical_grad, rel_error
 from .numpy_backward import check_backward
 from .report import GradientCheckError, GradientReport, GradientRow
 
 __all__ = ["numerical_grad", "rel_error", "directional_check", "GradientRow", "GradientReport",
-           "GradientCheckError", "check_gradients", "check_vjp", "check_backward"]
+           "GradientCheckError", "check_gradients", "check_vjp", "check_backward",
+           "check_hvp"]

@@ -11,7 +11,7 @@ from ..errors import FuncnetError
 from . import _probe
 from .report import GradientReport, _to64, leaf_row
 
-__all__ = ["check_vjp"]
+__all__ = ["check_vjp", "check_hvp"]
 
 
 def _guard(where, what, thunk):
@@ -120,3 +120,83 @@ def _vjp_report(f, reference, leaves, rebuild, names, key, eps, rtol, atol, k, s
         rows.append(next((r for r in per_k if not r.ok), per_k[0]))
     return GradientReport(rows, float(mid[0]), {"rtol": rtol, "atol": floor, "eps": eps},
                           columns=("rule/numerical", "rule/reference"), title="check_vjp")
+
+
+def check_hvp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None,
+              directions=2, raise_on_failure=False) -> GradientReport:
+    """Second order: Hessian-vector products H v of s(x) = ⟨c, f(x)⟩ (s = f when f is
+    scalar; c a random cotangent otherwise) by forward-over-reverse — jax.jvp of jax.grad,
+    so through f's own VJP rule — vs centred differences of that gradient along v,
+    (∇s(x + εv) − ∇s(x − εv)) / 2ε, for `directions` random directions v; with
+    `reference=g` also vs g's exact H v. Catches a rule whose first derivative is right
+    and whose own derivative is not: a backward built from `lax.stop_gradient` (its H v is
+    zero) or from a NumPy callback (it cannot be differentiated) is reported as such, as a
+    failed property, not a traceback. Float64, scoped; integer arguments are constants.
+    """
+    where = "check_hvp"
+    key = jax.random.PRNGKey(0) if key is None else key
+    with jax.enable_x64(True):
+        leaves, rebuild, names = _probe.split_args(_to64(args), where)
+        out = _guard(where, "calling f", lambda: f(*rebuild(leaves)))
+        _probe.check_output(out, where, _guard(where, "calling f", lambda: f(*rebuild(leaves))))
+        treedef, cts = _cotangents(out, jax.random.fold_in(key, 1), 1)
+        s = lambda ls: _project(lambda q: f(*rebuild(q)), cts)(ls)[0]  # noqa: E731
+        grad = jax.grad(s)
+        g0 = _guard(where, "the gradient through f's rule", lambda: grad(leaves))
+        floor = 1e-6 * max(1.0, max(float(jnp.max(jnp.abs(g))) for g in g0)) if atol is None else atol
+        report = GradientReport([], float(s(leaves)), {"rtol": rtol, "atol": floor, "eps": eps},
+                                columns=("rule/numerical", "rule/reference"), title="check_hvp")
+        for d in range(directions):
+            vkeys = jax.random.split(jax.random.fold_in(key, 10 + d), len(leaves))
+            v = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(vkeys, leaves)]
+            if not _hvp_rows(report, grad, s, reference, rebuild, cts, leaves, v, names, eps,
+                             rtol, floor, d):
+                break
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def _hessian_vector(grad, leaves, v):
+    """H v forward-over-reverse (jax.jvp of jax.grad); JAX cannot run forward mode through
+    a custom_vjp, so for those reverse-over-reverse, ∇⟨∇s(x), v⟩, which differentiates the
+    rule's backward just the same."""
+    try:
+        return jax.jvp(grad, (leaves,), (v,))[1]
+    except TypeError as e:
+        if "custom_vjp" not in str(e):
+            raise
+    dot = lambda ls: sum(jnp.vdot(g, t) for g, t in zip(grad(ls), v))  # noqa: E731
+    return jax.grad(dot)(leaves)
+
+
+def _hvp_rows(report, grad, s, reference, rebuild, cts, leaves, v, names, eps, rtol, floor, d):
+    """Append direction d's rows (or the failed property) to report; False to stop."""
+    try:
+        hv = _hessian_vector(grad, leaves, v)
+    except Exception as e:  # noqa: BLE001 -- the rule's backward may not be differentiable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        report.properties["rule differentiable"] = False
+        report.notes.append(f"H v cannot be computed through f's VJP rule ({type(e).__name__}: "
+                            f"{first}): its backward is built from non-differentiable pieces "
+                            f"(a NumPy / pure_callback computation?), so its second derivative "
+                            f"is unavailable")
+        return False
+    plus = grad([x + eps * t for x, t in zip(leaves, v)])
+    minus = grad([x - eps * t for x, t in zip(leaves, v)])
+    ref = None
+    if reference is not None:
+        sr = lambda ls: _project(lambda q: reference(*rebuild(q)), cts)(ls)[0]  # noqa: E731
+        ref = jax.jvp(jax.grad(sr), (leaves,), (v,))[1]
+    zero = all(not bool(jnp.any(h != 0)) for h in hv)
+    for j, name in enumerate(names):
+        num = (np.asarray(plus[j]) - np.asarray(minus[j])) / (2 * eps)
+        named, comps = [("rule", hv[j]), ("numerical", num)], [(0, 1, rtol, floor)]
+        if ref is not None:
+            named.append(("reference", ref[j]))
+            comps.append((0, 2, 1e-7, floor * 1e-3))
+        report.rows.append(leaf_row(f"{name} (H v, direction {d})", named, comps))
+    if zero and not report.ok and not report.notes:
+        report.notes.append("H v through f's rule is exactly zero but the gradient changes along "
+                            "v: the backward treats something as constant (lax.stop_gradient?)")
+    return True
