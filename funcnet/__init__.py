@@ -3,7 +3,7 @@ from . import initializers, losses, ops
 from .backprop import backprop, with_manual_grads
 from .core import FuncnetError, Layer, LayerError, serial, summary
 from .gradcheck import (GradientCheckError, GradientReport, check_backward, check_gradients,
-                        check_hvp, check_vjp, directional_check, numerical_grad, rel_error)
+                        check_hvp, check_layer, check_vjp, directional_check, numerical_grad, rel_error)
 from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaussian_pool,
                      identity, learned_pool, log_softmax, max_pool, relu, sigmoid, sign, softmax,
                      tanh)

@@ -6,9 +6,11 @@ user layers, second derivatives).
   report.py          GradientRow / GradientReport: one row per leaf, worst element named
   model.py           check_gradients (a model's backward vs jax.grad vs differences)
   functions.py       check_vjp (a JAX function's VJP, e.g. its custom_vjp rule), check_hvp
+  layer.py           check_layer (a user's Layer: init, shapes, purity, jit, vmap, backward)
   numpy_backward.py  check_backward (a cs231n-style NumPy forward/backward pair)
 """
 from .functions import check_hvp, check_vjp
+from .layer import check_layer
 from .model import check_gradients
 from .numerical import directional_check, numerical_grad, rel_error
 from .numpy_backward import check_backward
@@ -16,4 +18,4 @@ from .report import GradientCheckError, GradientReport, GradientRow
 
 __all__ = ["numerical_grad", "rel_error", "directional_check", "GradientRow", "GradientReport",
            "GradientCheckError", "check_gradients", "check_vjp", "check_backward",
-           "check_hvp"]
+           "check_hvp", "check_layer"]
