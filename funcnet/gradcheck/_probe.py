@@ -80,7 +80,9 @@ def coordinates(leaves, samples, key):
 def differences(g, leaves, picked, eps):
     """For g(leaves) -> a vector of K scalars: per leaf, (centred, forward, backward)
     differences, each of shape (K,) + leaf.shape with NaN at unpicked coordinates.
-    One jit-compiled lax.map (vmap in batches) over all picked coordinates."""
+    jax.vmap over the picked coordinates, in chunks, not jit-compiled: for the small
+    inputs these checks are for, a few dispatched batched ops cost less than compiling a
+    new program per call (and a user's function changes every call)."""
     flat = jnp.concatenate([leaf.ravel() for leaf in leaves])
     sizes = [leaf.size for leaf in leaves]
     splits = np.cumsum(sizes)[:-1]
@@ -88,15 +90,16 @@ def differences(g, leaves, picked, eps):
     offsets = np.cumsum([0] + sizes)
     idx = np.concatenate([p + o for p, o in zip(picked, offsets)])
 
-    @jax.jit
-    def run(flat, idx):
-        def one(i):
-            step = jnp.where(jnp.arange(flat.size) == i, jnp.asarray(eps, flat.dtype), 0)
-            return g(unflat(flat + step)), g(unflat(flat - step))
-        plus, minus = jax.lax.map(one, idx, batch_size=64)
-        return plus, minus, g(unflat(flat))
+    def one(i):
+        step = jnp.where(jnp.arange(flat.size) == i, jnp.asarray(eps, flat.dtype), 0)
+        return g(unflat(flat + step)), g(unflat(flat - step))
 
-    plus, minus, mid = (np.asarray(a, np.float64) for a in run(flat, jnp.asarray(idx)))
+    width = max(1, min(512, (1 << 20) // max(flat.size, 1)))
+    parts = [jax.vmap(one)(jnp.asarray(idx[s:s + width])) for s in range(0, idx.size, width)]
+    plus = jnp.concatenate([p for p, _ in parts])
+    minus = jnp.concatenate([m for _, m in parts])
+    mid = g(unflat(flat))
+    plus, minus, mid = (np.asarray(a, np.float64) for a in (plus, minus, mid))
     results = []
     for (c, fw, bw) in zip(*[_scatter(v, idx, offsets, leaves) for v in
                              ((plus - minus) / (2 * eps), (plus - mid) / eps, (mid - minus) / eps)]):
