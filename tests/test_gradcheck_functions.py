@@ -151,3 +151,33 @@ def test_check_hvp_second_order_and_non_differentiable_rules_reported():
     report = fn.check_hvp(numpy, x)
     assert not report.ok and report.failed_properties == ["rule differentiable"]
     assert "non-differentiable pieces" in str(report)
+
+
+def test_check_layer_passes_a_correct_layer_in_both_modes():
+    report = fn.check_layer(fn.serial(fn.dense(3), fn.tanh, fn.batch_norm()), (4, 5))
+    assert report.ok and not report.failed_properties
+    assert {"init", "output_shape", "pure (eval)", "jit (train)", "vmap (train)"} <= set(report.properties)
+    assert [r.path for r in report.rows][:2] == ["[eval] 0:dense/b", "[eval] 0:dense/w"]
+    assert any(r.path == "[train] input" for r in report.rows)
+
+
+def test_check_layer_names_the_failed_property():
+    calls = []
+
+    def forward(params, state, x, *, train=False, key=None):
+        calls.append(1)
+        return x * len(calls), state, None
+
+    impure = fn.Layer(lambda key, shape, dtype=None: ({}, {}), forward,
+                      lambda params, cache, dy: ({}, dy), "counter")
+    report = fn.check_layer(impure, (2, 3))
+    assert not report.ok and "pure (eval)" in report.failed_properties
+    assert "property pure (eval): FAIL" in str(report)
+    wrong_shape = fn.dense(3)._replace(output_shape=lambda s: (s[0], 4))
+    report = fn.check_layer(wrong_shape, (2, 5))
+    assert report.failed_properties == ["output_shape"] and "says (2, 4)" in str(report)
+    dense = fn.dense(3)
+    lazy = dense._replace(backward=lambda p, c, dy: ({"w": p["w"] * 0, "b": dy.sum(0)},
+                                                     dense.backward(p, c, dy)[1]))
+    report = fn.check_layer(lazy, (2, 5), modes=(False,))
+    assert [r.path for r in report.failures] == ["[eval] dense/w"]
