@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import FuncnetError, Layer, param_paths
+from .localize import localize
 from .numerical import numerical_grad
 from .report import GradientReport, _to64, leaf_row
 
@@ -70,7 +71,21 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
                                    f"{m.shape}, expected {a.shape}")
             rows.append(leaf_row(path, [("manual", m), ("autodiff", a), ("numerical", n)],
                                  [(0, 1, manual_rtol, m_floor), (1, 2, rtol, floor)]))
-    report = GradientReport(rows, value, {"rtol": rtol, "manual_rtol": manual_rtol, "atol": floor})
+        notes = []
+        if not all(r.ok for r in rows):
+            notes.append(_blame(model, params, state, x, train, key, seed))
+    report = GradientReport(rows, value, {"rtol": rtol, "manual_rtol": manual_rtol, "atol": floor},
+                            notes)
     if raise_on_failure:
         report.raise_if_failed()
     return report
+
+
+def _blame(model, params, state, x, train, key, seed):
+    """The localization note of a failed check (never raises: it only adds information)."""
+    try:
+        where = localize(model, params, state, x, train=train, key=key, seed=seed)
+    except Exception as e:  # noqa: BLE001 -- a layer may not support the per-layer replay
+        return f"could not localize the failure ({type(e).__name__}: {e})"
+    return where or ("every layer's backward agrees with autodiff of that layer alone: the "
+                     "fault is in how they are composed (a serial's or combinator's backward)")
