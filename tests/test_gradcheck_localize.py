@@ -1,5 +1,6 @@
-"""A failed check_gradients names the first layer (from the output backwards) whose backward
-disagrees with autodiff of that layer alone, also inside nested serials."""
+"""Localization and kinks. A failed check_gradients names the first layer (from the output
+backwards) whose backward disagrees with autodiff of that layer alone, also inside nested
+serials; an element at a kink is counted, not failed."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -45,3 +46,16 @@ def test_nested_serials_are_walked_and_a_correct_model_has_no_note():
     assert report.notes[0].startswith("layer 1 (serial) > layer 1 (dense): backward disagrees "
                                       "with autodiff at input element")
     assert fn.check_gradients(model, params, state, x, y, losses.softmax_cross_entropy).notes == []
+
+
+def test_a_relu_input_exactly_at_zero_is_a_kink_not_a_failure():
+    model = fn.serial(fn.dense(4), fn.relu, fn.dense(3))
+    _, params, state, x, y = setup()
+    with jax.enable_x64(True):
+        params, state = model.init(jax.random.PRNGKey(0), (2, 5), jnp.float64)
+        h = x @ params[0]["w"] + params[0]["b"]
+        params = ({"w": params[0]["w"], "b": params[0]["b"].at[1].add(-h[0, 1])},) + params[1:]
+    report = fn.check_gradients(model, params, state, x, y, losses.softmax_cross_entropy)
+    assert report.ok and report.kinks > 0
+    assert {r.path: r.kinks for r in report.rows}["0:dense/b"] == 1
+    assert "0:dense/b: 1 element(s) at a kink" in str(report)

@@ -10,7 +10,8 @@ import numpy as np
 from ..core import FuncnetError, Layer, param_paths
 from .localize import localize
 from .numerical import numerical_grad
-from .report import GradientReport, _to64, leaf_row
+from ._probe import kink_mask
+from .report import GradientReport, _excess, _to64, leaf_row
 
 __all__ = ["check_gradients"]
 
@@ -62,6 +63,8 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
         floor = 1e-6 * max(1.0, abs(value)) if atol is None else atol
         m_floor = floor * 1e-3  # manual and autodiff differ only by float64 round-off
         rows = []
+        kinks = iter(_kink_masks(objective, (params, x), (man_p, man_x), (auto_p, auto_x),
+                                 (num_p, num_x), eps, (manual_rtol, rtol), (m_floor, floor)))
         named = zip(param_paths(model, man_p), jax.tree_util.tree_leaves(auto_p),
                     jax.tree_util.tree_leaves(num_p))
         for (path, m), a, n in list(named) + [(("input", man_x), auto_x, num_x)]:
@@ -70,7 +73,8 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
                 raise FuncnetError(f"check_gradients: backward gave {path} a gradient of shape "
                                    f"{m.shape}, expected {a.shape}")
             rows.append(leaf_row(path, [("manual", m), ("autodiff", a), ("numerical", n)],
-                                 [(0, 1, manual_rtol, m_floor), (1, 2, rtol, floor)]))
+                                 [(0, 1, manual_rtol, m_floor), (1, 2, rtol, floor)],
+                                 next(kinks)))
         notes = []
         if not all(r.ok for r in rows):
             notes.append(_blame(model, params, state, x, train, key, seed))
@@ -89,3 +93,30 @@ def _blame(model, params, state, x, train, key, seed):
         return f"could not localize the failure ({type(e).__name__}: {e})"
     return where or ("every layer's backward agrees with autodiff of that layer alone: the "
                      "fault is in how they are composed (a serial's or combinator's backward)")
+
+
+def _kink_masks(objective, point, man, auto, num, eps, rtols, floors, limit=64):
+    """Per leaf of point = (params, x), a mask of the elements at a kink: among those where
+    the check fails (at most `limit` per leaf), the ones whose
+    one-sided differences (f(x + εe) − f(x)) / ε and (f(x) − f(x − εe)) / ε disagree too.
+    Only disagreeing elements are probed, so a passing check costs nothing more."""
+    leaves, treedef = jax.tree_util.tree_flatten(point)
+    at = lambda ls: float(objective(*jax.tree_util.tree_unflatten(treedef, ls)))  # noqa: E731
+    masks, f0 = [], None
+    trees = [jax.tree_util.tree_leaves(t) for t in (man, auto, num)]
+    for j, (m, a, n) in enumerate(zip(*trees)):
+        m, a, n = (np.asarray(v, np.float64) for v in (m, a, n))
+        if m.shape != a.shape:
+            masks.append(None)
+            continue
+        mask = np.zeros(a.shape, bool)
+        failing = (_excess(m, a, rtols[0], floors[0]) > 0) | (_excess(a, n, rtols[1], floors[1]) > 0)
+        for k in np.flatnonzero(failing)[:limit]:
+            f0 = at(leaves) if f0 is None else f0
+            moved = [list(leaves), list(leaves)]
+            for side, sign in zip(moved, (1, -1)):
+                side[j] = leaves[j].ravel().at[k].add(sign * eps).reshape(leaves[j].shape)
+            fw, bw = (at(moved[0]) - f0) / eps, (f0 - at(moved[1])) / eps
+            mask.flat[k] = bool(kink_mask(np.array(fw), np.array(bw), floors[1]))
+        masks.append(mask)
+    return masks
