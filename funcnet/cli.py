@@ -120,37 +120,10 @@ def _compiled(model):
 
 
 def gradient_check(model, params, state, x, y, *, seed: int = 0, samples="auto"):
-    """fn.check_gradients (float64) of softmax cross-entropy on the examples (x, y), in
-    training mode (dropout masks fixed, batch norm on the batch).
-
-    Biases and batch-norm shifts get N(0, 0.1²) added, and the inputs N(0, 0.01²), so no
-    ReLU input sits exactly on its kink and no max-pool window holds a tie (images have
-    many equal background pixels). Every coordinate is compared manual vs autodiff; with
-    samples="auto", models with more than 20,000 parameters and inputs are compared with
-    finite differences on 64 sampled coordinates per leaf (cs231n's sparse check).
-    """
-    import jax
-    import numpy as np
-
-    from . import losses
-    from .gradcheck import check_gradients
-
-    rng = np.random.default_rng(seed)
-
-    def nudge(path, leaf):
-        name = getattr(path[-1], "key", None) if path else None
-        if name not in ("b", "beta"):
-            return leaf
-        return np.asarray(leaf, np.float64) + 0.1 * rng.standard_normal(np.shape(leaf))
-
-    params = jax.tree_util.tree_map_with_path(nudge, params)
-    x = np.asarray(x, np.float64) + 0.01 * rng.standard_normal(np.shape(x))
-    if samples == "auto":
-        size = sum(int(np.size(l)) for l in jax.tree_util.tree_leaves(params)) + x.size
-        samples = None if size <= 20000 else 64
-    return check_gradients(_compiled(model), params, state, x, y, losses.softmax_cross_entropy,
-                           train=True, key=jax.random.PRNGKey(seed + 1), samples=samples,
-                           sample_key=jax.random.PRNGKey(seed + 2))
+    """The pre-training check: fn.gradcheck.check_training_gradients (float64, softmax
+    cross-entropy, train mode, inputs nudged off kinks, sampled when big)."""
+    from .gradcheck import check_training_gradients
+    return check_training_gradients(model, params, state, x, y, seed=seed, samples=samples)
 
 
 def _build(model_name, x, y):
