@@ -18,7 +18,7 @@ __all__ = ["check_gradients"]
 
 def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, train=False,
                     key=None, eps=1e-5, rtol=1e-6, manual_rtol=1e-8, atol=None,
-                    samples: Optional[int] = None, sample_key=None, seed=0,
+                    samples: Optional[int] = None, sample_key=None, seed=0, chunk: int = 256,
                     raise_on_failure=False) -> GradientReport:
     """Compare the hand-derived gradients (`model.backward`), `jax.grad` and centred
     finite differences of loss(model(x), labels), for every parameter leaf and the input.
@@ -29,7 +29,8 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
     passes when |a − b| <= tol · (|a| + |b|) + atol, with tol = `manual_rtol` for
     manual/autodiff and `rtol` for autodiff/numerical; atol (default 1e-6 · max(1, |loss|))
     is the finite-difference noise floor, so gradients that are zero in truth pass.
-    `samples=k` checks only k random coordinates per leaf numerically (big models).
+    `samples=k` checks only k random coordinates per leaf numerically (big models);
+    `chunk` is numerical_grad's: leaves that fit in it together share one compiled program.
     """
     with jax.enable_x64(True):
         params, state, x = _to64(params), _to64(state), _to64(x)
@@ -59,7 +60,7 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
                                f"params have {jax.tree_util.tree_structure(auto_p)}")
         # One call for params and input together: small leaves share one compilation.
         num_p, num_x = numerical_grad(lambda px: objective(*px), (params, x), eps,
-                                      samples=samples, key=sample_key)
+                                      samples=samples, key=sample_key, chunk=chunk)
         floor = 1e-6 * max(1.0, abs(value)) if atol is None else atol
         m_floor = floor * 1e-3  # manual and autodiff differ only by float64 round-off
         rows = []
