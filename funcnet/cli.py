@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "a failure.")
     common(g)
     g.add_argument("--examples", type=int, default=4, help="batch size of the check (default 4)")
+    g.add_argument("--function", metavar="FILE.py:NAME", help="check_vjp of your own function "
+                   "(e.g. with a jax.custom_vjp rule) on random arguments of --args-shapes")
+    g.add_argument("--args-shapes", nargs="+", default=[], metavar="SHAPE",
+                   help="one comma-separated shape per argument of --function, e.g. 3,4 4,2")
+    g.add_argument("--layer", metavar="FILE.py:FACTORY", help="check_layer of the Layer that "
+                   "FACTORY() returns, on input of --input-shape")
+    g.add_argument("--input-shape", metavar="SHAPE", help="input shape for --layer, e.g. 1,8,8,3")
     g.set_defaults(func=cmd_gradcheck)
     return p
 
@@ -164,6 +171,8 @@ def _plot(history, path) -> bool:
 # ----------------------------------------------------------------------------- commands
 
 def cmd_gradcheck(args) -> int:
+    if args.function or args.layer:
+        return _gradcheck_user(args)
     (x, y), _ = load_data(args.data, args.seed)
     if args.examples < 1:
         print("funcnet gradcheck: error: --examples must be >= 1", file=sys.stderr)
@@ -176,6 +185,26 @@ def cmd_gradcheck(args) -> int:
                             seed=args.seed)
     print(f"{args.model} on {args.examples} {args.data} examples, float64, train mode "
           f"({time.perf_counter() - t0:.1f} s):")
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _gradcheck_user(args) -> int:
+    """`gradcheck --function` / `--layer`: print the report; 1 on failure, 2 on bad input."""
+    from .errors import FuncnetError
+    from .gradcheck import user_code
+    try:
+        if args.function:
+            shapes = [user_code.parse_shape(s) for s in args.args_shapes]
+            report = user_code.check_user_function(args.function, shapes, args.seed)
+        else:
+            if not args.input_shape:
+                raise FuncnetError("gradcheck: --layer needs --input-shape")
+            report = user_code.check_user_layer(args.layer, user_code.parse_shape(args.input_shape),
+                                                args.seed)
+    except FuncnetError as e:
+        print(f"funcnet gradcheck: error: {e}", file=sys.stderr)
+        return 2
     print(report)
     return 0 if report.ok else 1
 
