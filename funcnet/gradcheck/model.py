@@ -96,13 +96,14 @@ def _blame(model, params, state, x, train, key, seed):
                      "fault is in how they are composed (a serial's or combinator's backward)")
 
 
-def _kink_masks(objective, point, man, auto, num, eps, rtols, floors, limit=64):
+def _kink_masks(objective, point, man, auto, num, eps, rtols, floors, limit=16):
     """Per leaf of point = (params, x), a mask of the elements at a kink: among those where
     the check fails (at most `limit` per leaf), the ones whose
     one-sided differences (f(x + εe) − f(x)) / ε and (f(x) − f(x − εe)) / ε disagree too.
     Only disagreeing elements are probed, so a passing check costs nothing more."""
     leaves, treedef = jax.tree_util.tree_flatten(point)
-    at = lambda ls: float(objective(*jax.tree_util.tree_unflatten(treedef, ls)))  # noqa: E731
+    compiled = jax.jit(lambda ls: objective(*jax.tree_util.tree_unflatten(treedef, ls)))
+    at = lambda ls: float(compiled(ls))  # noqa: E731 -- one compilation, only if probed
     masks, f0 = [], None
     trees = [jax.tree_util.tree_leaves(t) for t in (man, auto, num)]
     for j, (m, a, n) in enumerate(zip(*trees)):
