@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "a failure.")
     common(g)
     g.add_argument("--examples", type=int, default=4, help="batch size of the check (default 4)")
+    g.add_argument("--function", metavar="FILE.py:NAME", help="check_vjp of your own function "
+                   "(e.g. with a jax.custom_vjp rule) on random arguments of --args-shapes")
+    g.add_argument("--args-shapes", nargs="+", default=[], metavar="SHAPE",
+                   help="one comma-separated shape per argument of --function, e.g. 3,4 4,2")
+    g.add_argument("--layer", metavar="FILE.py:FACTORY", help="check_layer of the Layer that "
+                   "FACTORY() returns, on input of --input-shape")
+    g.add_argument("--input-shape", metavar="SHAPE", help="input shape for --layer, e.g. 1,8,8,3")
     g.set_defaults(func=cmd_gradcheck)
 
     la = sub.add_parser("launch", help="run N processes of one multi-process run on this machine",
@@ -154,37 +161,10 @@ def _compiled(model):
 
 
 def gradient_check(model, params, state, x, y, *, seed: int = 0, samples="auto"):
-    """fn.check_gradients (float64) of softmax cross-entropy on the examples (x, y), in
-    training mode (dropout masks fixed, batch norm on the batch).
-
-    Biases and batch-norm shifts get N(0, 0.1²) added, and the inputs N(0, 0.01²), so no
-    ReLU input sits exactly on its kink and no max-pool window holds a tie (images have
-    many equal background pixels). Every coordinate is compared manual vs autodiff; with
-    samples="auto", models with more than 20,000 parameters and inputs are compared with
-    finite differences on 64 sampled coordinates per leaf (cs231n's sparse check).
-    """
-    import jax
-    import numpy as np
-
-    from . import losses
-    from .gradcheck import check_gradients
-
-    rng = np.random.default_rng(seed)
-
-    def nudge(path, leaf):
-        name = getattr(path[-1], "key", None) if path else None
-        if name not in ("b", "beta"):
-            return leaf
-        return np.asarray(leaf, np.float64) + 0.1 * rng.standard_normal(np.shape(leaf))
-
-    params = jax.tree_util.tree_map_with_path(nudge, params)
-    x = np.asarray(x, np.float64) + 0.01 * rng.standard_normal(np.shape(x))
-    if samples == "auto":
-        size = sum(int(np.size(l)) for l in jax.tree_util.tree_leaves(params)) + x.size
-        samples = None if size <= 20000 else 64
-    return check_gradients(_compiled(model), params, state, x, y, losses.softmax_cross_entropy,
-                           train=True, key=jax.random.PRNGKey(seed + 1), samples=samples,
-                           sample_key=jax.random.PRNGKey(seed + 2))
+    """The pre-training check: fn.gradcheck.check_training_gradients (float64, softmax
+    cross-entropy, train mode, inputs nudged off kinks, sampled when big)."""
+    from .gradcheck import check_training_gradients
+    return check_training_gradients(model, params, state, x, y, seed=seed, samples=samples)
 
 
 def _build(model_name, x, y):
@@ -225,6 +205,8 @@ def _plot(history, path) -> bool:
 # ----------------------------------------------------------------------------- commands
 
 def cmd_gradcheck(args) -> int:
+    if args.function or args.layer:
+        return _gradcheck_user(args)
     (x, y), _ = load_data(args.data, args.seed)
     if args.examples < 1:
         print("funcnet gradcheck: error: --examples must be >= 1", file=sys.stderr)
@@ -237,6 +219,26 @@ def cmd_gradcheck(args) -> int:
                             seed=args.seed)
     print(f"{args.model} on {args.examples} {args.data} examples, float64, train mode "
           f"({time.perf_counter() - t0:.1f} s):")
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _gradcheck_user(args) -> int:
+    """`gradcheck --function` / `--layer`: print the report; 1 on failure, 2 on bad input."""
+    from .errors import FuncnetError
+    from .gradcheck import user_code
+    try:
+        if args.function:
+            shapes = [user_code.parse_shape(s) for s in args.args_shapes]
+            report = user_code.check_user_function(args.function, shapes, args.seed)
+        else:
+            if not args.input_shape:
+                raise FuncnetError("gradcheck: --layer needs --input-shape")
+            report = user_code.check_user_layer(args.layer, user_code.parse_shape(args.input_shape),
+                                                args.seed)
+    except FuncnetError as e:
+        print(f"funcnet gradcheck: error: {e}", file=sys.stderr)
+        return 2
     print(report)
     return 0 if report.ok else 1
 

@@ -1,4 +1,5 @@
-"""Numerical gradients and the three-way gradient check (autodiff, formulas, differences).
+"""Numerical gradients: centred differences (vectorized, chunked, jit-compiled), rel_error,
+and one-direction checks.
 
 Finite differences are vectorized: the ± perturbations of many coordinates are evaluated
 at once, `jax.vmap`-ed in fixed-size chunks and jit-compiled, a whole block of leaves per
@@ -8,15 +9,16 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .core import FuncnetError, Layer, param_paths
+from ..errors import FuncnetError
+
+__all__ = ["numerical_grad", "rel_error", "directional_check"]
 
 
 def rel_error(a, b) -> float:
@@ -157,134 +159,3 @@ def directional_check(f, x, *, key, eps=1e-5, args=()):
     fd = (f(unravel(flat + eps * v), *args) - f(unravel(flat - eps * v), *args)) / (2 * eps)
     _, exact = jax.jvp(lambda t: f(unravel(t), *args), (flat,), (v,))
     return float(fd), float(exact)
-
-
-@dataclass
-class GradientRow:
-    path: str
-    shape: tuple
-    manual_vs_autodiff: float
-    autodiff_vs_numerical: float
-    max_abs_diff: float
-    ok: bool
-
-
-@dataclass
-class GradientReport:
-    """One row per parameter leaf, plus a row for the input gradient."""
-
-    rows: List[GradientRow]
-    loss: float
-    tolerances: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
-
-    @property
-    def failures(self) -> List[GradientRow]:
-        return [r for r in self.rows if not r.ok]
-
-    def summary(self) -> str:
-        worst_m = max((r.manual_vs_autodiff for r in self.rows), default=0.0)
-        worst_n = max((r.autodiff_vs_numerical for r in self.rows), default=0.0)
-        verdict = "PASS" if self.ok else f"FAIL ({len(self.failures)} of {len(self.rows)} rows)"
-        return (f"gradient check {verdict}: {len(self.rows)} rows, worst rel. error "
-                f"manual/autodiff {worst_m:.1e}, autodiff/numerical {worst_n:.1e}, loss {self.loss:.6g}")
-
-    def __str__(self) -> str:
-        head = ("leaf", "shape", "manual/autodiff", "autodiff/numerical", "max |diff|", "ok")
-        cells = [(r.path, str(tuple(r.shape)), f"{r.manual_vs_autodiff:.2e}",
-                  f"{r.autodiff_vs_numerical:.2e}", f"{r.max_abs_diff:.1e}", "ok" if r.ok else "FAIL")
-                 for r in self.rows]
-        widths = [max(len(c[j]) for c in cells + [head]) for j in range(len(head))]
-        line = lambda c: "  ".join(s.ljust(w) for s, w in zip(c, widths)).rstrip()
-        sep = "  ".join("-" * w for w in widths)
-        return "\n".join([line(head), sep] + [line(c) for c in cells] + [sep, self.summary()])
-
-    def raise_if_failed(self):
-        if not self.ok:
-            raise GradientCheckError(str(self))
-        return self
-
-
-class GradientCheckError(AssertionError):
-    """A gradient check failed; the message is the report."""
-
-
-def _close(a, b, rtol, atol):
-    """Element-wise |a − b| <= rtol (|a| + |b|) + atol, ignoring NaN (unsampled) entries."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    keep = ~(np.isnan(a) | np.isnan(b))
-    return bool(np.all(np.abs(a - b)[keep] <= rtol * (np.abs(a) + np.abs(b))[keep] + atol))
-
-
-def _to64(tree):
-    return jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
-        else a, tree)
-
-
-def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, train=False,
-                    key=None, eps=1e-5, rtol=1e-6, manual_rtol=1e-8, atol=None,
-                    samples: Optional[int] = None, sample_key=None, seed=0,
-                    raise_on_failure=False) -> GradientReport:
-    """Compare the hand-derived gradients (`model.backward`), `jax.grad` and centred
-    finite differences of loss(model(x), labels), for every parameter leaf and the input.
-
-    Runs in float64 whatever the caller's setting (params, state and x are cast; the
-    setting is restored after). With `loss=None` the objective is Σ y ⊙ g for a fixed,
-    random, non-uniform upstream gradient g. Dropout masks are fixed by `key`. An element
-    passes when |a − b| <= tol · (|a| + |b|) + atol, with tol = `manual_rtol` for
-    manual/autodiff and `rtol` for autodiff/numerical; atol (default 1e-6 · max(1, |loss|))
-    is the finite-difference noise floor, so gradients that are zero in truth pass.
-    `samples=k` checks only k random coordinates per leaf numerically (big models).
-    """
-    with jax.enable_x64(True):
-        params, state, x = _to64(params), _to64(state), _to64(x)
-        labels = None if labels is None else _to64(labels)
-        if loss is None:
-            y0 = model.apply(params, state, x, train=train, key=key)[0]
-            g = jax.random.normal(jax.random.PRNGKey(seed), y0.shape, jnp.float64)
-            loss_fn, dloss = (lambda y, t: jnp.sum(y * g)), (lambda y, t: g)
-        else:
-            loss_fn = loss
-            dloss = getattr(loss, "grad", None) or jax.grad(loss)
-
-        def objective(p, xx):
-            return loss_fn(model.apply(p, state, xx, train=train, key=key)[0], labels)
-
-        @jax.jit  # compiled: much faster than op-by-op dispatch, even for one call
-        def exact(p, xx):
-            value, auto = jax.value_and_grad(objective, argnums=(0, 1))(p, xx)
-            y, _, cache = model.forward(p, state, xx, train=train, key=key)
-            return value, auto, model.backward(p, cache, dloss(y, labels))
-
-        value, (auto_p, auto_x), (man_p, man_x) = exact(params, x)
-        value = float(value)
-        if jax.tree_util.tree_structure(man_p) != jax.tree_util.tree_structure(auto_p):
-            raise FuncnetError(f"check_gradients: the model's backward returned parameter gradients "
-                               f"of structure {jax.tree_util.tree_structure(man_p)}, but the "
-                               f"params have {jax.tree_util.tree_structure(auto_p)}")
-        # One call for params and input together: small leaves share one compilation.
-        num_p, num_x = numerical_grad(lambda px: objective(*px), (params, x), eps,
-                                      samples=samples, key=sample_key)
-        floor = 1e-6 * max(1.0, abs(value)) if atol is None else atol
-        m_floor = floor * 1e-3  # manual and autodiff differ only by float64 round-off
-        rows = []
-        named = zip(param_paths(model, man_p), jax.tree_util.tree_leaves(auto_p),
-                    jax.tree_util.tree_leaves(num_p))
-        for (path, m), a, n in list(named) + [(("input", man_x), auto_x, num_x)]:
-            m, a, n = (np.asarray(v, np.float64) for v in (m, a, n))
-            if m.shape != a.shape:
-                raise FuncnetError(f"check_gradients: backward gave {path} a gradient of shape "
-                                   f"{m.shape}, expected {a.shape}")
-            diffs = np.abs(np.concatenate([(m - a).ravel(), np.nan_to_num(a - n).ravel()]))
-            rows.append(GradientRow(
-                path, m.shape, rel_error(m, a), rel_error(a, n),
-                float(diffs.max()) if diffs.size else 0.0,
-                _close(m, a, manual_rtol, m_floor) and _close(a, n, rtol, floor)))
-    report = GradientReport(rows, value, {"rtol": rtol, "manual_rtol": manual_rtol, "atol": floor})
-    if raise_on_failure:
-        report.raise_if_failed()
-    return report

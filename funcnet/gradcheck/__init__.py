@@ -1,0 +1,24 @@
+"""Gradient verification: numerical gradients, the three-way check of a funcnet model, and
+checks of gradients funcnet did not write (custom_vjp rules, NumPy backward functions,
+user layers, second derivatives).
+
+  numerical.py       numerical_grad, rel_error, directional_check
+  report.py          GradientRow / GradientReport: one row per leaf, worst element named
+  model.py           check_gradients (a model's backward vs jax.grad vs differences)
+  functions.py       check_vjp (a JAX function's VJP, e.g. its custom_vjp rule), check_hvp
+  layer.py           check_layer (a user's Layer: init, shapes, purity, jit, vmap, backward)
+  training.py        check_training_gradients (the check `funcnet train` runs first)
+  numpy_backward.py  check_backward (a cs231n-style NumPy forward/backward pair)
+"""
+from .functions import check_hvp, check_vjp
+from .layer import check_layer
+from .model import check_gradients
+from .numerical import directional_check, numerical_grad, rel_error
+from .numpy_backward import check_backward
+from .training import check_training_gradients, choose_samples, nudge_off_kinks
+from .report import GradientCheckError, GradientReport, GradientRow
+
+__all__ = ["numerical_grad", "rel_error", "directional_check", "GradientRow", "GradientReport",
+           "GradientCheckError", "check_gradients", "check_vjp", "check_backward",
+           "check_hvp", "check_layer", "check_training_gradients", "nudge_off_kinks",
+           "choose_samples"]

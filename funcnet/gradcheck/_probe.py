@@ -1,0 +1,125 @@
+"""What the function checks share: splitting arguments into differentiable leaves and
+constants, input checks (NaN, output dtype, purity), and centred plus one-sided
+differences of a vector of scalars ⟨cᵏ, f(x)⟩ along chosen coordinates."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import FuncnetError
+
+__all__ = []
+
+# An element is "at a kink" when its one-sided differences disagree by more than this
+# (relative, plus the absolute floor): a smooth f gives |fwd - bwd| ≈ ε |f''|, far below.
+KINK_RTOL = 1e-3
+
+
+def split_args(args, where):
+    """(float leaves, rebuild(leaves) -> args, paths): every inexact leaf of every argument
+    is differentiable; integer and bool leaves are constants. NaN or inf in a float leaf is
+    an error naming the argument."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(args)[0]]
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    floats = [j for j, leaf in enumerate(leaves) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    if not floats:
+        raise FuncnetError(f"{where}: no floating-point argument to differentiate "
+                           f"(got dtypes {[str(leaf.dtype) for leaf in leaves]})")
+    for j in floats:
+        if not bool(jnp.all(jnp.isfinite(leaves[j]))):
+            raise FuncnetError(f"{where}: argument {_name(paths[j])} holds NaN or inf; "
+                               f"gradients can only be checked at finite inputs")
+
+    def rebuild(float_leaves):
+        full = list(leaves)
+        for j, leaf in zip(floats, float_leaves):
+            full[j] = leaf
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    return [leaves[j] for j in floats], rebuild, [_name(paths[j]) for j in floats]
+
+
+def _name(keystr):
+    """'[0]["w"]' -> 'arg0/w'."""
+    parts = [p.strip("[]'\"") for p in keystr.replace("][", "]|[").split("|") if p]
+    return "/".join(["arg" + parts[0]] + parts[1:]) if parts else "arg"
+
+
+def check_output(out, where, second=None):
+    """f's output must be floating point (a differentiable dtype), and a second call must
+    give the same (f pure)."""
+    for leaf in jax.tree_util.tree_leaves(out):
+        if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+            raise FuncnetError(f"{where}: f returns a leaf of dtype {jnp.asarray(leaf).dtype}, "
+                               f"which has no gradient; return floating-point values")
+    if second is not None:
+        same = jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(second) and all(
+            np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+            for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(second)))
+        if not same:
+            raise FuncnetError(f"{where}: f is not pure: two calls with the same arguments gave "
+                               f"different results (a hidden random draw or global state?); "
+                               f"pass randomness in as an argument")
+
+
+def coordinates(leaves, samples, key):
+    """Per leaf, the coordinates to difference: all, or `samples` random ones when the
+    leaf is bigger than that (None: all)."""
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for k, leaf in zip(keys, leaves):
+        if samples is None or leaf.size <= samples:
+            out.append(np.arange(leaf.size))
+        else:
+            out.append(np.sort(np.asarray(jax.random.choice(k, leaf.size, (samples,), replace=False))))
+    return out
+
+
+def differences(g, leaves, picked, eps):
+    """For g(leaves) -> a vector of K scalars: per leaf, (centred, forward, backward)
+    differences, each of shape (K,) + leaf.shape with NaN at unpicked coordinates.
+    jax.vmap over the picked coordinates, in chunks, not jit-compiled: for the small
+    inputs these checks are for, a few dispatched batched ops cost less than compiling a
+    new program per call (and a user's function changes every call)."""
+    flat = jnp.concatenate([leaf.ravel() for leaf in leaves])
+    sizes = [leaf.size for leaf in leaves]
+    splits = np.cumsum(sizes)[:-1]
+    unflat = lambda v: [p.reshape(leaf.shape) for p, leaf in zip(jnp.split(v, splits), leaves)]  # noqa: E731
+    offsets = np.cumsum([0] + sizes)
+    idx = np.concatenate([p + o for p, o in zip(picked, offsets)])
+
+    def one(i):
+        step = jnp.where(jnp.arange(flat.size) == i, jnp.asarray(eps, flat.dtype), 0)
+        return g(unflat(flat + step)), g(unflat(flat - step))
+
+    width = max(1, min(512, (1 << 20) // max(flat.size, 1)))
+    parts = [jax.vmap(one)(jnp.asarray(idx[s:s + width])) for s in range(0, idx.size, width)]
+    plus = jnp.concatenate([p for p, _ in parts])
+    minus = jnp.concatenate([m for _, m in parts])
+    mid = g(unflat(flat))
+    plus, minus, mid = (np.asarray(a, np.float64) for a in (plus, minus, mid))
+    results = []
+    for (c, fw, bw) in zip(*[_scatter(v, idx, offsets, leaves) for v in
+                             ((plus - minus) / (2 * eps), (plus - mid) / eps, (mid - minus) / eps)]):
+        results.append((c, fw, bw))
+    return results, mid
+
+
+def _scatter(values, idx, offsets, leaves):
+    """values (n_idx, K) at flat coordinates idx -> per leaf (K,) + shape, NaN elsewhere."""
+    k = values.shape[1]
+    out = []
+    for j, leaf in enumerate(leaves):
+        full = np.full((k, leaf.size), np.nan)
+        mine = (idx >= offsets[j]) & (idx < offsets[j + 1])
+        full[:, idx[mine] - offsets[j]] = values[mine].T
+        out.append(full.reshape((k,) + tuple(leaf.shape)))
+    return out
+
+
+def kink_mask(forward, backward, floor):
+    """Elements whose one-sided differences disagree beyond KINK_RTOL (plus 100 floors)."""
+    gap = np.abs(forward - backward)
+    return np.nan_to_num(gap) > KINK_RTOL * (np.abs(forward) + np.abs(backward)) + 100 * floor

@@ -1,0 +1,108 @@
+"""check_backward: a NumPy backward in the cs231n convention vs finite differences of its
+NumPy forward, in float64. No JAX in the user's functions."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FuncnetError
+from . import _probe
+from .report import GradientReport, leaf_row
+
+__all__ = ["check_backward"]
+
+
+def check_backward(forward, backward, *inputs, seed=0, eps=1e-5, rtol=1e-5, atol=None,
+                   max_elements=4096, directions=8, raise_on_failure=False) -> GradientReport:
+    """`forward(*inputs) -> (out, cache)`, `backward(dout, cache) -> grads` (a tuple with
+    one gradient per input, or one array for one input). For a random upstream gradient
+    dout, each input's gradient is compared with centred differences of L = Σ dout ⊙ out,
+    computed with the NumPy forward in float64, coordinate by coordinate; inputs of more
+    than `max_elements` elements are compared along `directions` random unit directions v
+    (⟨grad, v⟩ vs (L(x + εv) − L(x − εv)) / 2ε). Integer inputs are constants (their
+    gradient, if any, is ignored). Never raises on a failed check unless
+    `raise_on_failure`; a wrong number or shape of gradients is a FuncnetError naming it.
+    """
+    where = "check_backward"
+    xs = [np.array(x, np.float64 if np.issubdtype(np.asarray(x).dtype, np.floating) else None)
+          for x in inputs]
+    floats = [i for i, x in enumerate(xs) if np.issubdtype(x.dtype, np.floating)]
+    if not floats:
+        raise FuncnetError(f"{where}: no floating-point input to differentiate")
+    for i in floats:
+        if not np.all(np.isfinite(xs[i])):
+            raise FuncnetError(f"{where}: input {i} holds NaN or inf; gradients can only be "
+                               f"checked at finite inputs")
+    out = _out(forward, xs, where)
+    _probe.check_output(out, where, _out(forward, xs, where))
+    rng = np.random.default_rng([seed, 0xF0C5])  # not the stream a user seeds with 0
+    dout = rng.standard_normal(out.shape)
+    grads = _grads(backward(dout, forward(*[x.copy() for x in xs])[1]), xs, floats, where)
+    loss = lambda ys: float(np.sum(dout * _out(forward, ys, where)))  # noqa: E731
+    floor = 1e-6 * max(1.0, float(np.sum(np.abs(dout * out)))) if atol is None else atol
+    rows = []
+    for i in floats:
+        if xs[i].size <= max_elements:
+            num, fw, bw = _coordinate_differences(loss, xs, i, eps)
+            rows.append(leaf_row(f"input{i}", [("backward", grads[i]), ("numerical", num)],
+                                 [(0, 1, rtol, floor)], _probe.kink_mask(fw, bw, floor)))
+        else:
+            exact, num = _projected(loss, xs, i, grads[i], eps, directions, rng)
+            rows.append(leaf_row(f"input{i} (along {directions} random directions)",
+                                 [("backward", exact), ("numerical", num)], [(0, 1, rtol, floor)]))
+    report = GradientReport(rows, loss(xs), {"rtol": rtol, "atol": floor, "eps": eps},
+                            columns=("backward/numerical", "-"), title="check_backward")
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def _out(forward, xs, where):
+    """forward's output on copies of the inputs (a forward may write into its arguments)."""
+    result = forward(*[x.copy() for x in xs])
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise FuncnetError(f"{where}: forward must return (out, cache), got "
+                           f"{type(result).__name__}")
+    return np.asarray(result[0])
+
+
+def _grads(grads, xs, floats, where):
+    """backward's result as a list with one float64 array per input, shapes checked."""
+    if not isinstance(grads, (tuple, list)):
+        grads = (grads,)
+    if len(grads) != len(xs):
+        raise FuncnetError(f"{where}: backward returned {len(grads)} gradient(s) for "
+                           f"{len(xs)} input(s); return one per input, in order")
+    out = []
+    for i, (g, x) in enumerate(zip(grads, xs)):
+        if i in floats and np.shape(g) != x.shape:
+            raise FuncnetError(f"{where}: backward's gradient for input {i} has shape "
+                               f"{np.shape(g)}, but input {i} has shape {x.shape}")
+        out.append(np.asarray(g, np.float64) if i in floats else None)
+    return out
+
+
+def _coordinate_differences(loss, xs, i, eps):
+    """Centred, forward and backward differences of loss in each coordinate of input i."""
+    x = xs[i]
+    l0 = loss(xs)
+    plus, minus = np.zeros(x.size), np.zeros(x.size)
+    for k in range(x.size):
+        for sign, store in ((1, plus), (-1, minus)):
+            moved = x.copy()
+            moved.flat[k] += sign * eps
+            store[k] = loss(xs[:i] + [moved] + xs[i + 1:])
+    shape = x.shape
+    return ((plus - minus).reshape(shape) / (2 * eps), (plus - l0).reshape(shape) / eps,
+            (l0 - minus).reshape(shape) / eps)
+
+
+def _projected(loss, xs, i, grad, eps, directions, rng):
+    """(⟨grad, v⟩, finite difference along v) for `directions` random unit v."""
+    exact, num = np.zeros(directions), np.zeros(directions)
+    for d in range(directions):
+        v = rng.standard_normal(xs[i].shape)
+        v /= np.linalg.norm(v)
+        exact[d] = np.sum(grad * v)
+        up, down = (loss(xs[:i] + [xs[i] + s * eps * v] + xs[i + 1:]) for s in (1, -1))
+        num[d] = (up - down) / (2 * eps)
+    return exact, num

@@ -1,0 +1,183 @@
+"""check_vjp, check_backward, check_hvp, check_layer: values, reports, kinks, precision and
+bad input (the catalogue of wrong rules is tests/test_gradcheck_catalogue.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnet as fn
+
+
+@jax.custom_vjp
+def tanh_affine(x, w):
+    return jnp.tanh(x @ w)
+
+
+def _fwd(x, w):
+    y = jnp.tanh(x @ w)
+    return y, (x, w, y)
+
+
+def _bwd(res, g):
+    x, w, y = res
+    d = g * (1 - y ** 2)
+    return d @ w.T, x.T @ d
+
+
+tanh_affine.defvjp(_fwd, _bwd)
+
+
+def inputs(seed=0):
+    k = jax.random.PRNGKey(seed)
+    return jax.random.normal(k, (3, 4)), jax.random.normal(jax.random.fold_in(k, 1), (4, 2))
+
+
+def test_check_vjp_passes_a_correct_rule_in_float64_and_restores_x64():
+    x, w = inputs()
+    assert x.dtype == jnp.float32 and not jax.config.jax_enable_x64
+    report = fn.check_vjp(tanh_affine, x, w, reference=lambda x, w: jnp.tanh(x @ w))
+    assert not jax.config.jax_enable_x64
+    assert report.ok and [r.path for r in report.rows] == ["arg0", "arg1"]
+    assert report.rows[1].shape == (4, 2)
+    assert max(r.manual_vs_autodiff for r in report.rows) < 1e-6  # float64 differences
+    assert max(r.autodiff_vs_numerical for r in report.rows) < 1e-12  # rule vs reference
+    assert "check_vjp PASS" in str(report)
+
+
+def test_check_vjp_names_the_worst_element_with_both_values():
+    f = jax.custom_vjp(lambda x, w: jnp.tanh(x @ w))
+    f.defvjp(_fwd, lambda res, g: (_bwd(res, g)[0], _bwd(res, g)[1].at[2, 1].add(0.5)))
+    report = fn.check_vjp(f, *inputs(), cotangents=1)
+    assert not report.ok and [r.path for r in report.failures] == ["arg1"]
+    row = report.failures[0]
+    assert row.worst_index == (2, 1)
+    assert row.worst_values["rule"] - row.worst_values["numerical"] == pytest.approx(0.5, abs=1e-6)
+    assert "arg1: FAIL at element (2, 1): rule" in str(report)
+    with pytest.raises(fn.GradientCheckError):
+        fn.check_vjp(f, *inputs(), cotangents=1, raise_on_failure=True)
+
+
+def test_check_vjp_pytree_arguments_and_outputs_integer_constants():
+    def f(p, x, n):
+        h = x @ p["w"] + p["b"]
+        return {"y": jnp.sin(h) * n, "z": jnp.sum(h ** 2)}
+
+    x, w = inputs()
+    report = fn.check_vjp(f, {"w": w, "b": jnp.ones(2)}, x, 3)
+    assert report.ok and [r.path for r in report.rows] == ["arg0/b", "arg0/w", "arg1"]
+
+
+def test_a_kink_is_counted_not_failed_and_avoid_kinks_redraws():
+    x = jnp.array([0.0, 1.0, -1.0, 0.5])
+    report = fn.check_vjp(jax.nn.relu, x)
+    assert report.ok and report.kinks == 1 and "at a kink" in str(report)
+    assert fn.check_vjp(jax.nn.relu, x, avoid_kinks=True).kinks == 0
+
+
+def affine_forward(x, w, b):
+    return x @ w + b, (x, w, b)
+
+
+def affine_backward(dout, cache):
+    x, w, _ = cache
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
+def numpy_inputs(n=4):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)
+
+
+def test_check_backward_numpy_coordinates_and_projected():
+    report = fn.check_backward(affine_forward, affine_backward, *numpy_inputs())
+    assert report.ok and [r.path for r in report.rows] == ["input0", "input1", "input2"]
+    assert max(r.manual_vs_autodiff for r in report.rows) < 1e-6
+    big = fn.check_backward(affine_forward, affine_backward, *numpy_inputs(40), max_elements=100)
+    assert big.ok and big.rows[0].path.startswith("input0 (along 8 random directions)")
+    one = fn.check_backward(lambda x: (np.tanh(x), x), lambda d, x: d * (1 - np.tanh(x) ** 2),
+                            np.linspace(-1, 1, 6))
+    assert one.ok and len(one.rows) == 1
+
+
+def test_check_backward_bad_shapes_and_counts_are_named():
+    x, w, b = numpy_inputs()
+    with pytest.raises(fn.FuncnetError, match="gradient for input 1 has shape \\(3, 5\\), but "
+                                              "input 1 has shape \\(5, 3\\)"):
+        fn.check_backward(affine_forward, lambda d, c: (d @ c[1].T, (c[0].T @ d).T, d.sum(0)),
+                          x, w, b)
+    with pytest.raises(fn.FuncnetError, match="returned 2 gradient\\(s\\) for 3 input\\(s\\)"):
+        fn.check_backward(affine_forward, lambda d, c: affine_backward(d, c)[:2], x, w, b)
+    with pytest.raises(fn.FuncnetError, match="input 0 holds NaN"):
+        fn.check_backward(affine_forward, affine_backward, x * np.nan, w, b)
+
+
+def test_bad_input_to_check_vjp_is_a_clear_error():
+    x, w = inputs()
+    with pytest.raises(fn.FuncnetError, match="dtype int(32|64), which has no gradient"):
+        fn.check_vjp(lambda x: jnp.argmax(x, axis=1), x)
+    with pytest.raises(fn.FuncnetError, match="argument arg0 holds NaN"):
+        fn.check_vjp(tanh_affine, x.at[0, 0].set(jnp.nan), w)
+    calls = []
+
+    def impure(x):
+        calls.append(1)
+        return x * len(calls)
+
+    with pytest.raises(fn.FuncnetError, match="not pure"):
+        fn.check_vjp(impure, x)
+    f = jax.custom_vjp(lambda x, w: jnp.tanh(x @ w))
+    f.defvjp(_fwd, lambda res, g: (_bwd(res, g)[0], _bwd(res, g)[1].T))
+    with pytest.raises(fn.FuncnetError, match="check_vjp: f's VJP rule failed"):
+        fn.check_vjp(f, x, w)
+
+
+def _sin_x(bwd):
+    f = jax.custom_vjp(lambda x: jnp.sum(jnp.sin(x) * x))
+    f.defvjp(lambda x: (jnp.sum(jnp.sin(x) * x), x), lambda x, g: (g * bwd(x),))
+    return f
+
+
+def test_check_hvp_second_order_and_non_differentiable_rules_reported():
+    x = jnp.array([0.3, -1.2, 2.0])
+    good = _sin_x(lambda x: jnp.cos(x) * x + jnp.sin(x))
+    assert fn.check_hvp(good, x, reference=lambda x: jnp.sum(jnp.sin(x) * x)).ok
+    assert fn.check_hvp(lambda x: jnp.tanh(x) ** 2, x).ok  # vector output: projected
+    frozen = _sin_x(lambda x: jax.lax.stop_gradient(jnp.cos(x) * x + jnp.sin(x)))
+    assert fn.check_vjp(frozen, x).ok  # first order right ...
+    report = fn.check_hvp(frozen, x)  # ... second order wrong
+    assert not report.ok and "stop_gradient" in str(report)
+    shape = jax.ShapeDtypeStruct(x.shape, jnp.float64)
+    numpy = _sin_x(lambda x: jax.pure_callback(lambda a: np.cos(a) * a + np.sin(a), shape, x))
+    report = fn.check_hvp(numpy, x)
+    assert not report.ok and report.failed_properties == ["rule differentiable"]
+    assert "non-differentiable pieces" in str(report)
+
+
+def test_check_layer_passes_a_correct_layer_in_both_modes():
+    report = fn.check_layer(fn.serial(fn.dense(3), fn.tanh, fn.batch_norm()), (4, 5))
+    assert report.ok and not report.failed_properties
+    assert {"init", "output_shape", "pure (eval)", "jit (train)", "vmap (train)"} <= set(report.properties)
+    assert [r.path for r in report.rows][:2] == ["[eval] 0:dense/b", "[eval] 0:dense/w"]
+    assert any(r.path == "[train] input" for r in report.rows)
+
+
+def test_check_layer_names_the_failed_property():
+    calls = []
+
+    def forward(params, state, x, *, train=False, key=None):
+        calls.append(1)
+        return x * len(calls), state, None
+
+    impure = fn.Layer(lambda key, shape, dtype=None: ({}, {}), forward,
+                      lambda params, cache, dy: ({}, dy), "counter")
+    report = fn.check_layer(impure, (2, 3))
+    assert not report.ok and "pure (eval)" in report.failed_properties
+    assert "property pure (eval): FAIL" in str(report)
+    wrong_shape = fn.dense(3)._replace(output_shape=lambda s: (s[0], 4))
+    report = fn.check_layer(wrong_shape, (2, 5))
+    assert report.failed_properties == ["output_shape"] and "says (2, 4)" in str(report)
+    dense = fn.dense(3)
+    lazy = dense._replace(backward=lambda p, c, dy: ({"w": p["w"] * 0, "b": dy.sum(0)},
+                                                     dense.backward(p, c, dy)[1]))
+    report = fn.check_layer(lazy, (2, 5), modes=(False,))
+    assert [r.path for r in report.failures] == ["[eval] dense/w"]
