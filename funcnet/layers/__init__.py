@@ -5,4 +5,5 @@ from .dense import dense
 from .dropout import dropout
 from .norm import batch_norm
 from .pool import avg_pool, gaussian_pool, learned_pool, max_pool
+from .recurrent import lstm, rnn
 from .reshape import flatten
