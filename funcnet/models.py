@@ -11,6 +11,8 @@ Each function returns a plain `serial` (a Layer); nothing here is special to the
 - `fc(num_classes, hidden=(100, 100), dropout_rate=0.1)`: cs231n's FullyConnectedNet,
   {affine - batchnorm - relu - dropout} x L - affine - (softmax in the loss).
 - `mlp(num_classes, hidden=(128,))`: affine - relu - ... - affine.
+- `lstm_classifier(num_classes, hidden=128)`: an LSTM over (batch, time, features), its last
+  h to a dense layer of logits (e.g. MNIST read row by row, 28 steps of 28 pixels).
 
 `fc` and `mlp` flatten their input first, so they take images or feature vectors alike.
 """
@@ -21,9 +23,9 @@ from typing import Sequence
 from ._validate import as_int
 from .core import LayerError, serial
 from .initializers import he
-from .layers import batch_norm, conv2d, dense, dropout, flatten, max_pool, relu
+from .layers import batch_norm, conv2d, dense, dropout, flatten, lstm, max_pool, relu
 
-__all__ = ["lenet", "fc", "mlp", "MODELS", "build"]
+__all__ = ["lenet", "fc", "mlp", "MODELS", "build", "lstm_classifier"]
 
 
 def _check_classes(num_classes, where) -> int:
@@ -83,3 +85,11 @@ def build(name: str, input_shape, num_classes: int):
             raise LayerError(f"lenet needs NHWC images, got inputs of shape {tuple(input_shape)}")
         return lenet(num_classes, image_size=int(min(input_shape[1:3])))
     return MODELS[name](num_classes)
+
+
+def lstm_classifier(num_classes: int = 10, hidden: int = 128):
+    """lstm(hidden, return_sequences=False) - dense(num_classes): sequences (batch, time,
+    features) in, logits (batch, num_classes) out."""
+    num_classes = _check_classes(num_classes, "lstm_classifier")
+    return serial(lstm(as_int(hidden, "hidden", "lstm_classifier"), return_sequences=False),
+                  dense(num_classes))
