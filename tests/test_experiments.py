@@ -9,7 +9,7 @@ import math
 import pytest
 
 from experiments import (cnn, fc_net, gradcheck, graph_net, init_study, losses,
-                         optimizers, regularization, xor)
+                         optimizers, regularization, sequence, xor)
 
 
 def run(module, tmp_path, *figures):
@@ -116,3 +116,16 @@ def test_optimizers_all_descend(tmp_path):
         assert curve["step"][0] == 0 and curve["step"][-1] == m["steps"]
         assert curve["loss"][-1] < 0.6 * curve["loss"][0], name
         assert curve["seconds"] == sorted(curve["seconds"])
+
+
+def test_sequence_lstm_vs_rnn_and_hidden_gradient_norms(tmp_path):
+    m = run(sequence, tmp_path, "sequence.png")
+    for cell in ("lstm", "rnn"):
+        r = m["runs"][cell]
+        for when in ("init", "trained"):
+            norms = r[f"grad_norm_{when}"]
+            assert len(norms) == 28 and all(math.isfinite(v) and v > 0 for v in norms)
+            # the gradient reaching the first row is smaller than at the last: it vanishes
+            assert m["first_over_last_grad_norm"][f"{cell}/{when}"] < 0.5
+        assert r["train_loss"][-1] < r["train_loss"][0]
+        assert m[f"{cell}_accuracy"] > 0.12  # above chance after 2 quick epochs
