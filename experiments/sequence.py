@@ -3,11 +3,14 @@ vanilla RNN of the same hidden size, both trained on the hand-derived BPTT
 (`fn.with_manual_grads`), and the vanishing-gradient picture.
 
 A digit's class is decided by the whole image, but the classifier sees only the last
-hidden state h_28: what the first rows said must survive 27 recurrent steps. In a tanh
-RNN the gradient ∂L/∂h_t is multiplied by W_hᵀ diag(1 − h²) at every step back, and
-shrinks geometrically; the LSTM's cell path c_{t−1} = c_t / f carries it with only the
-forget gate's factor f. The study plots ‖∂L/∂h_t‖ over t for both cells, at
-initialization and after training.
+hidden state h_28: what the first rows said must survive 27 recurrent steps. Going back
+one step multiplies the RNN's ∂L/∂h_t by W_hᵀ diag(1 − h²), and the LSTM's cell gradient
+by the forget gate f. The study plots ‖∂L/∂h_t‖ over t for both cells, at initialization
+and after training. At initialization (b = 0) the forget gate is σ(0) = ½, so the LSTM's
+gradient halves at every step back: it vanishes faster than the RNN's (about 1e-5 of
+the last step's at row 1, against 1e-2). Training opens the forget gates, and the
+trained LSTM's gradient reaches the first row at the size of the last's (full run:
+LSTM 95.8 %, RNN 92.4 % test accuracy after 20 epochs, 128 units each).
 
 ∂L/∂h_t comes from `fn.backprop`: the cell is run on [x_t | u_t] with
 W_x' = [W_x; I] and u = 0, so the input gradient's u-part is da_t = ∂L/∂a_t (the
