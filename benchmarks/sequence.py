@@ -82,6 +82,59 @@ def torch_runner(params, x, y):
     return run, step
 
 
+ATT_B, ATT_T, ATT_D, ATT_HEADS = 16, 128, 128, 4
+
+
+def attention_runners(x, target):
+    """Causal self-attention block (mse to a target), funcnet autodiff / manual and the
+    same block in torch with F.scaled_dot_product_attention(is_causal=True)."""
+    import torch
+    layer = fn.self_attention(ATT_HEADS, causal=True)
+    runners = {}
+    for manual in (False, True):
+        model = fn.with_manual_grads(layer) if manual else layer
+        step = fn.train.make_step(model, optax.sgd(LR), fn.losses.mse, donate=False)
+        ts = fn.train.init_train_state(model, optax.sgd(LR), x.shape, jax.random.PRNGKey(0))
+        step.lower(ts, x, target).compile()
+        runners["funcnet " + ("manual" if manual else "autodiff")] = _jax_loop(step, ts, x, target)
+    p = jax.tree_util.tree_map(lambda a: torch.tensor(np.asarray(a)), ts.params)
+    w_in, b_in = p["w_qkv"].T.clone().requires_grad_(), p["b_qkv"].clone().requires_grad_()
+    w_o, b_o = p["w_o"].T.clone().requires_grad_(), p["b_o"].clone().requires_grad_()
+    opt = torch.optim.SGD([w_in, b_in, w_o, b_o], lr=LR)
+    xt, tt = torch.tensor(x), torch.tensor(target)
+    F = torch.nn.functional
+
+    def forward():
+        q, k, v = F.linear(xt, w_in, b_in).split(ATT_D, -1)
+        q, k, v = (a.unflatten(-1, (ATT_HEADS, -1)).transpose(1, 2) for a in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.linear(o.transpose(1, 2).flatten(2), w_o, b_o)
+
+    with torch.no_grad():  # the same block: outputs agree before any step
+        np.testing.assert_allclose(forward().numpy(), np.asarray(layer.apply(ts.params, {}, x)[0]),
+                                   rtol=1e-4, atol=1e-5)
+
+    def run(n):
+        for _ in range(n):
+            opt.zero_grad()
+            F.mse_loss(forward(), tt).backward()
+            opt.step()
+
+    runners["torch block with sdpa"] = run
+    return runners
+
+
+def _jax_loop(step, ts, x, y):
+    box = [ts]
+
+    def run(n):
+        for _ in range(n):
+            box[0], metrics = step(box[0], x, y)
+        jax.block_until_ready(metrics["loss"])
+
+    return run
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.sequence", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,7 +179,15 @@ def main(argv=None):
     print(f"manual / autodiff speed ratio: {med['funcnet autodiff'] / med['funcnet manual BPTT']:.2f}")
     print(f"jit compile s: autodiff {c_auto:.2f}, manual {c_manual:.2f} at T={T}; "
           f"manual {c_long:.2f} at T={4 * T}")
-    return med
+    rng = np.random.default_rng(1)
+    xa, ta = (rng.standard_normal((ATT_B, ATT_T, ATT_D)).astype(np.float32) for _ in range(2))
+    att = interleaved(attention_runners(xa, ta), repeats=args.repeats, inner=args.inner)
+    att_med = {k: float(np.median(v)) * 1e3 for k, v in att.items()}
+    print(f"\ncausal self-attention block, batch {ATT_B}, T {ATT_T}, dim {ATT_D}, {ATT_HEADS} heads")
+    for k, v in att.items():
+        print(f"| {k} | {att_med[k]:.2f} [{min(v) * 1e3:.2f}–{max(v) * 1e3:.2f}] | "
+              f"{att_med['torch block with sdpa'] / att_med[k]:.2f} |")
+    return med, att_med
 
 
 if __name__ == "__main__":
