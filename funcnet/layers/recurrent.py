@@ -150,20 +150,25 @@ def lstm(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Lay
         then dW_x, dW_h, db and dx from da_t as for `rnn`."""
         cs, gates = cache["cs"], cache["gates"]
         c_prev = jnp.concatenate([jnp.zeros_like(cs[:1]), cs[:-1]], 0)
+        i, f, o, g = (gates[..., k * H:(k + 1) * H] for k in range(4))
+        tc = jnp.tanh(cs)
+        # Everything but the recurrence is computed for all steps at once, outside the
+        # scan: da_t = [δc, δc, δh, δc] ⊙ coef_t, and δc_t gains δh_t ⊙ o(1 − tanh²(c_t)).
+        coef = jnp.concatenate([g * i * (1 - i), c_prev * f * (1 - f), tc * o * (1 - o),
+                                i * (1 - g ** 2)], -1)
+        h_to_c = o * (1 - tc ** 2)
+        w_h_t = params["w_h"].T
 
         def step(carry, inputs):
             dh_next, dc_next = carry
-            dy_t, c_t, c_p, gt = inputs
-            i, f, o, g = gt[:, :H], gt[:, H:2 * H], gt[:, 2 * H:3 * H], gt[:, 3 * H:]
+            dy_t, h_to_c_t, f_t, coef_t = inputs
             dh = dy_t + dh_next
-            tc = jnp.tanh(c_t)
-            dc = dc_next + dh * o * (1 - tc ** 2)
-            da = jnp.concatenate([dc * g * i * (1 - i), dc * c_p * f * (1 - f),
-                                  dh * tc * o * (1 - o), dc * i * (1 - g ** 2)], 1)
-            return (da @ params["w_h"].T, dc * f), da
+            dc = dc_next + dh * h_to_c_t
+            da = jnp.concatenate([dc, dc, dh, dc], 1) * coef_t
+            return (da @ w_h_t, dc * f_t), da
 
         zero = jnp.zeros(cs.shape[1:], cs.dtype)
-        inputs = (_output_grad(dy, cache, return_sequences), cs, c_prev, gates)
+        inputs = (_output_grad(dy, cache, return_sequences), h_to_c, f, coef)
         _, da = lax.scan(step, (zero, zero), inputs, reverse=True)
         return _param_grads(params, cache, da)
 
