@@ -18,6 +18,8 @@ pre-activation) and ∂L/∂h_{t−1} = da_t W_hᵀ; ∂L/∂h_T is the dense la
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +41,11 @@ def classifier(cell: str, hidden: int, classes: int = 10) -> fn.Layer:
 
 def hidden_grad_norms(cell: str, params, x, labels) -> np.ndarray:
     """‖∂L/∂h_t‖ (over the batch) for t = 1 … T, by the hand formulas (fn.backprop)."""
+    return np.asarray(_hidden_grad_norms(cell, params, x, labels))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one compilation per cell, init and trained
+def _hidden_grad_norms(cell, params, x, labels):
     p_cell, p_dense = params
     d, width = p_cell["w_x"].shape
     hidden = p_cell["w_h"].shape[0]
@@ -53,7 +60,7 @@ def hidden_grad_norms(cell: str, params, x, labels) -> np.ndarray:
     dh_before_last = da[:, 1:] @ p_cell["w_h"].T         # ∂L/∂h_t = da_{t+1} W_hᵀ, t < T
     dh_last = dlogits @ p_dense["w"].T                   # dense's dx: ∂L/∂h_T
     dh = jnp.concatenate([dh_before_last, dh_last[:, None]], 1)
-    return np.asarray(jnp.sqrt(jnp.sum(dh ** 2, axis=(0, 2))))
+    return jnp.sqrt(jnp.sum(dh ** 2, axis=(0, 2)))
 
 
 def add_arguments(p):
