@@ -90,6 +90,20 @@ def networks(quick: bool = False):
                   fn.gelu_tanh, fn.fanout(2), fn.parallel(fn.softplus, fn.identity),
                   fn.fanin_concat(), fn.flatten, fn.dense(3)),
         (3, 5, 2), "classes3", ce, False, None)
+
+    def attention(causal):
+        return fn.serial(fn.positional_embedding(6), fn.self_attention(2, causal), fn.flatten,
+                         fn.dense(3))
+
+    nets.update({  # BPTT and attention (sequence.py): (batch, time, features) inputs
+        "sequence/rnn": (fn.serial(fn.rnn(4, False), fn.dense(3)), (2, 5, 3), "classes3", ce,
+                         False, None),
+        "sequence/lstm_classifier": (fn.models.lstm_classifier(3, 4), (2, 5, 3), "classes3", ce,
+                                     False, None),
+        "sequence/self_attention": (attention(False), (2, 5, 4), "classes3", ce, False, None),
+        "sequence/causal self_attention": (attention(True), (2, 5, 4), "classes3", ce, False,
+                                           None),
+    })
     if quick:  # one network per experiment (compilation dominates the time)
         keep = ("xor/mlp_tanh", "fc_net/batch_norm+dropout", "cnn/digits tanh/mean/ignore",
                 "losses/regressor (rmse)", "init_study/10-layer tanh", "graph_net/dag",

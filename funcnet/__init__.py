@@ -6,8 +6,8 @@ from .core import FuncnetError, Layer, LayerError, serial, summary
 from .gradcheck import (GradientCheckError, GradientReport, check_backward, check_gradients,
                         check_hvp, check_layer, check_vjp, directional_check, numerical_grad, rel_error)
 from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaussian_pool,
-                     identity, learned_pool, log_softmax, max_pool, relu, sigmoid, sign, softmax,
-                     tanh)
+                     identity, learned_pool, log_softmax, lstm, max_pool, positional_embedding,
+                     relu, rnn, self_attention, sigmoid, sign, softmax, tanh)
 from .layers import (conv1d, conv_transpose2d, elu, embedding, gelu, gelu_tanh, global_avg_pool,
                      layer_norm, leaky_relu, softplus)
 from .losses import accuracy

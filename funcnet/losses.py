@@ -5,6 +5,8 @@ average over all elements (as torch.nn.functional.mse_loss does).
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,35 +38,41 @@ def _concrete(x):
 
 
 def check_labels(logits_shape, labels, where="softmax_cross_entropy"):
-    """Integer labels of shape (batch,) in [0, classes); checked when values are known."""
-    labels_shape = tuple(jnp.shape(labels))
-    if labels_shape != tuple(logits_shape[:1]) or len(logits_shape) != 2:
-        raise FuncnetError(f"{where}: expected logits (batch, classes) and integer labels (batch,), "
-                           f"got logits {tuple(logits_shape)} and labels {labels_shape}")
+    """Integer labels of shape logits.shape[:-1] (one per position: (batch,) for logits
+    (batch, classes), (batch, time) for (batch, time, classes)) in [0, classes); the values
+    are checked when known (not traced)."""
+    labels_shape, logits_shape = tuple(jnp.shape(labels)), tuple(logits_shape)
+    if len(logits_shape) < 2 or labels_shape != logits_shape[:-1]:
+        raise FuncnetError(f"{where}: expected logits (batch, ..., classes) and integer labels "
+                           f"(batch, ...) of the same leading shape, got logits {logits_shape} "
+                           f"and labels {labels_shape}")
     if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
         raise FuncnetError(f"{where}: labels must be integer class indices, got dtype "
                            f"{jnp.asarray(labels).dtype}")
-    values = _concrete(labels)
+    values, classes = _concrete(labels), logits_shape[-1]
     if values is not None and values.size:
         lo, hi = int(values.min()), int(values.max())
-        if lo < 0 or hi >= logits_shape[1]:
+        if lo < 0 or hi >= classes:
             bad = lo if lo < 0 else hi
-            raise FuncnetError(f"{where}: label {bad} is out of range for {logits_shape[1]} classes "
-                               f"(labels must lie in [0, {logits_shape[1] - 1}])")
+            raise FuncnetError(f"{where}: label {bad} is out of range for {classes} classes "
+                               f"(labels must lie in [0, {classes - 1}])")
 
 
 def _softmax_ce_grad(logits, labels):
-    """∂L/∂z = (softmax(z) − onehot(y)) / N."""
-    n, k = logits.shape
-    return (jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(labels, k, dtype=logits.dtype)) / n
+    """∂L/∂z = (softmax(z) − onehot(y)) / N, N the number of positions (examples, or
+    examples × time steps for sequence logits)."""
+    n = math.prod(logits.shape[:-1])
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return (jax.nn.softmax(logits, axis=-1) - onehot) / n
 
 
 @_with_grad(_softmax_ce_grad, "classification")
 def softmax_cross_entropy(logits, labels):
-    """L = −(1/N) Σ_n log softmax(z_n)[y_n], with integer labels y."""
+    """L = −(1/N) Σ_n log softmax(z_n)[y_n], with integer labels y, over every position n
+    (logits (..., classes), labels (...))."""
     check_labels(jnp.shape(logits), labels)
     logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1))
+    return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[..., None], axis=-1))
 
 
 def _check_same_shape(pred, target, where):
@@ -144,5 +152,6 @@ def l2(params, strength):
 
 
 def accuracy(logits, labels):
-    """Fraction of examples whose arg-max logit is the label."""
+    """Fraction of positions (examples, or examples × time steps) whose arg-max logit is
+    the label."""
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

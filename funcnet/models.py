@@ -13,6 +13,8 @@ Each function returns a plain `serial` (a Layer); nothing here is special to the
 - `mlp(num_classes, hidden=(128,))`: affine - relu - ... - affine.
 - `resnet(num_classes, image_size, depth=8)`: a small residual CNN (He et al. 2016, the
   CIFAR variant: depth = 6n + 2), see its docstring.
+- `lstm_classifier(num_classes, hidden=128)`: an LSTM over (batch, time, features), its last
+  h to a dense layer of logits (e.g. MNIST read row by row, 28 steps of 28 pixels).
 
 `fc` and `mlp` flatten their input first, so they take images or feature vectors alike.
 """
@@ -24,10 +26,10 @@ from ._validate import as_int
 from .combinators import residual
 from .core import LayerError, serial
 from .initializers import he
-from .layers import (batch_norm, conv2d, dense, dropout, flatten, global_avg_pool, max_pool,
-                     relu)
+from .layers import (batch_norm, conv2d, dense, dropout, flatten, global_avg_pool, lstm,
+                     max_pool, relu)
 
-__all__ = ["lenet", "fc", "mlp", "resnet", "MODELS", "build"]
+__all__ = ["lenet", "fc", "mlp", "resnet", "lstm_classifier", "MODELS", "build"]
 
 
 def _check_classes(num_classes, where) -> int:
@@ -122,3 +124,11 @@ def build(name: str, input_shape, num_classes: int):
             raise LayerError(f"{name} needs NHWC images, got inputs of shape {tuple(input_shape)}")
         return MODELS[name](num_classes, image_size=int(min(input_shape[1:3])))
     return MODELS[name](num_classes)
+
+
+def lstm_classifier(num_classes: int = 10, hidden: int = 128):
+    """lstm(hidden, return_sequences=False) - dense(num_classes): sequences (batch, time,
+    features) in, logits (batch, num_classes) out."""
+    num_classes = _check_classes(num_classes, "lstm_classifier")
+    return serial(lstm(as_int(hidden, "hidden", "lstm_classifier"), return_sequences=False),
+                  dense(num_classes))

@@ -165,7 +165,7 @@ def _task(loss, y_dtype, out_ndim):
         if task not in TASKS:
             raise FuncnetError(f"loss.task must be one of {', '.join(TASKS)}, got {task!r}")
         return task
-    if jnp.issubdtype(y_dtype, jnp.integer) and out_ndim == 2:
+    if jnp.issubdtype(y_dtype, jnp.integer) and out_ndim >= 2:
         return "classification"
     return "regression"
 
@@ -307,7 +307,8 @@ def _eval_function(model, loss, task):
         result = {"loss": jnp.sum(per * mask), "count": jnp.sum(mask)}
         if task != "regression":
             if task == "classification":
-                hit = jnp.argmax(out, axis=-1) == y
+                # the fraction of each example's positions (one, or its time steps)
+                hit = jnp.mean((jnp.argmax(out, axis=-1) == y).reshape(out.shape[0], -1), axis=1)
             else:
                 hit = jnp.mean(((out > 0) == (y > 0.5)).reshape(out.shape[0], -1), axis=1)
             result["correct"] = jnp.sum(hit * mask)
@@ -401,9 +402,10 @@ def _output_shape(model, params, state, x_shape, where):
 def _check_targets(y, out_shape, task, where):
     if task == "classification":
         classes = out_shape[-1]
-        if np.ndim(y) != 1:
-            raise FuncnetError(f"{where}: classification labels must have shape (batch,), got "
-                               f"{np.shape(y)}")
+        if tuple(np.shape(y)[1:]) != tuple(out_shape[1:-1]):
+            raise FuncnetError(f"{where}: classification labels must have shape (batch,) + "
+                               f"{tuple(out_shape[1:-1])} (the model's outputs but the classes), "
+                               f"got {np.shape(y)}")
         values = np.asarray(y)
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= classes:

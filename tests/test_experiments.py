@@ -9,7 +9,7 @@ import math
 import pytest
 
 from experiments import (cnn, fc_net, gradcheck, graph_net, init_study, losses,
-                         optimizers, regularization, resnet, xor)
+                         optimizers, regularization, resnet, sequence, xor)
 
 
 def run(module, tmp_path, *figures):
@@ -129,3 +129,16 @@ def test_resnet_study_measures_both_nets(tmp_path):
         assert 0 <= m[name]["test_accuracy"] <= 1 and m[name]["final_train_loss"] > 0
     # the same layers, plus the two 1x1 conv-bn projections (8 -> 16, 16 -> 32 channels)
     assert m["residual"]["parameters"] - m["plain"]["parameters"] == (8 * 16 + 16 + 32) + (16 * 32 + 32 + 64)
+
+
+def test_sequence_lstm_vs_rnn_and_hidden_gradient_norms(tmp_path):
+    m = run(sequence, tmp_path, "sequence.png")
+    for cell in ("lstm", "rnn"):
+        r = m["runs"][cell]
+        for when in ("init", "trained"):
+            norms = r[f"grad_norm_{when}"]
+            assert len(norms) == 28 and all(math.isfinite(v) and v > 0 for v in norms)
+            # the gradient reaching the first row is smaller than at the last: it vanishes
+            assert m["first_over_last_grad_norm"][f"{cell}/{when}"] < 0.5
+        assert r["train_loss"][-1] < r["train_loss"][0]
+        assert m[f"{cell}_accuracy"] > 0.12  # above chance after 2 quick epochs

@@ -123,3 +123,24 @@ def test_loss_shape_mismatch_errors_name_the_loss_and_shapes():
     for f in ("mse", "mae", "rmse", "binary_cross_entropy"):
         with pytest.raises(fn.FuncnetError, match=rf"{f}: .*same shape, got \(4, 1\) and \(4,\)"):
             getattr(losses, f)(jnp.zeros((4, 1)), jnp.zeros(4))
+
+
+def test_softmax_cross_entropy_and_accuracy_average_over_every_position():
+    with jax.enable_x64(True):
+        logits = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5), jnp.float64)
+        labels = jax.random.randint(jax.random.PRNGKey(1), (3, 4), 0, 5)
+        flat = losses.softmax_cross_entropy(logits.reshape(12, 5), labels.reshape(12))
+        np.testing.assert_allclose(float(losses.softmax_cross_entropy(logits, labels)),
+                                   float(flat), rtol=1e-14)
+        logp = np.asarray(jax.nn.log_softmax(logits))
+        by_hand = -np.mean([logp[b, t, int(labels[b, t])] for b in range(3) for t in range(4)])
+        np.testing.assert_allclose(float(flat), by_hand, rtol=1e-12)
+        grad = losses.softmax_cross_entropy.grad(logits, labels)
+        auto = jax.grad(losses.softmax_cross_entropy)(logits, labels)
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(auto), rtol=1e-12, atol=1e-15)
+        hits = np.argmax(np.asarray(logits), -1) == np.asarray(labels)
+        assert float(fn.accuracy(logits, labels)) == pytest.approx(hits.mean())
+    with pytest.raises(fn.FuncnetError, match=r"logits \(3, 4, 5\) and labels \(3,\)"):
+        losses.softmax_cross_entropy(logits, labels[:, 0])
+    with pytest.raises(fn.FuncnetError, match="label 5 is out of range for 5 classes"):
+        losses.softmax_cross_entropy(logits, labels.at[2, 3].set(5))

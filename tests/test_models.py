@@ -61,3 +61,15 @@ def test_bad_arguments_are_layer_errors(call, message):
 def test_numpy_ints_are_accepted():
     assert shapes(models.mlp(np.int64(4), (np.int64(5),)), (1, 3))[0] == (1, 4)
     assert shapes(models.lenet(np.int64(3), np.int64(8)), (1, 8, 8, 1))[0] == (1, 3)
+
+
+def test_lstm_classifier_layout_and_output():
+    model = models.lstm_classifier(10, hidden=16)
+    params, _ = model.init(jax.random.PRNGKey(0), (2, 28, 28))
+    assert [l.name for l in model.layers] == ["lstm", "dense"]
+    assert params[0]["w_x"].shape == (28, 64) and params[0]["w_h"].shape == (16, 64)
+    assert params[1]["w"].shape == (16, 10)
+    y, _ = model.apply(params, ({}, {}), np.zeros((2, 28, 28), np.float32))
+    assert y.shape == (2, 10)
+    with pytest.raises(fn.LayerError, match="lstm_classifier: num_classes must be"):
+        models.lstm_classifier(1)

@@ -383,3 +383,21 @@ def test_numpy_ints_are_accepted_like_python_ints(digits):
     assert h["step"] == [2]
     assert train.evaluate(MLP16, *train.init_train_state(MLP16, SGD, (1, 8, 8, 1), KEY)[:2],
                           x[:10], y[:10], batch_size=np.int64(4))["loss"] > 0
+
+
+def test_fit_and_evaluate_take_sequence_logits_with_labels_per_step():
+    # (batch, time, classes) logits and (batch, time) labels: the label at step t is
+    # whether the running sum of x up to t is positive, learnt by an rnn whose h is the logits
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (64, 5, 1)), np.float32)
+    y = (np.cumsum(x[..., 0], 1) > 0).astype(np.int32)
+    model = fn.serial(fn.rnn(8), fn.rnn(2))
+    state, history = fn.train.fit(model, optax.adam(0.05), (x, y), epochs=15, batch_size=16,
+                                  key=jax.random.PRNGKey(1), val_data=(x, y), progress=False)
+    metrics = fn.train.evaluate(model, state.params, state.state, x, y, batch_size=24)
+    out, _ = model.apply(state.params, state.state, x)
+    assert metrics["accuracy"] == pytest.approx(float(fn.accuracy(out, y)), abs=1e-6)
+    assert metrics["loss"] == pytest.approx(float(fn.losses.softmax_cross_entropy(out, y)), rel=1e-5)
+    assert history[-1]["val_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert metrics["accuracy"] > 0.85 and history[-1]["train_loss"] < history[0]["train_loss"]
+    with pytest.raises(fn.FuncnetError, match=r"labels must have shape \(batch,\) \+ \(5,\)"):
+        fn.train.evaluate(model, state.params, state.state, x, y[:, 0])

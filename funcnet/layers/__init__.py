@@ -1,6 +1,7 @@
 """One file per layer family; each holds init, forward and backward side by side."""
 from .activation import (elu, gelu, gelu_tanh, identity, leaky_relu, log_softmax, relu, sigmoid,
                          sign, softmax, softplus, tanh)
+from .attention import positional_embedding, self_attention
 from .conv import conv2d
 from .conv1d import conv1d
 from .conv_transpose import conv_transpose2d
@@ -11,4 +12,5 @@ from .dense import dense
 from .dropout import dropout
 from .norm import batch_norm
 from .pool import avg_pool, gaussian_pool, learned_pool, max_pool
+from .recurrent import lstm, rnn
 from .reshape import flatten
