@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from funcnet._xla_env import setup_for_command
+
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files; never open a window
 import matplotlib  # noqa: E402
 
@@ -35,6 +37,8 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of every random thing")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
+    p.add_argument("--no-cache", action="store_true",
+                   help="no persistent compilation cache (default: on; also FUNCNET_NO_CACHE=1)")
     return p
 
 
@@ -44,6 +48,7 @@ def parse(name: str, doc: str, argv=None, add_arguments=None) -> argparse.Namesp
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(argv)
+    setup_for_command(no_cache=args.no_cache)  # XLA flags (if JAX has not started), cache
     args.out.mkdir(parents=True, exist_ok=True)
     args.name = name
     return args

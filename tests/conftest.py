@@ -1,9 +1,18 @@
-"""Shared test settings: hypothesis profiles and the --slow option.
+"""Shared test settings: hypothesis profiles, the --slow option, and the session's JAX setup.
 
 Default profile: 50 examples per property (fast enough for CI). `pytest --slow` (or
 FUNCNET_SLOW=1) draws 500. Nothing is skipped either way.
+
+Before any test imports JAX: funcnet's XLA CPU flags (what the `funcnet` command uses,
+unless XLA_FLAGS is set), and one persistent compilation cache for the whole session, shared
+by the pytest-xdist workers and the subprocesses the tests start, so a program compiled by
+one of them is read by the others. It lives in a fresh temporary folder (removed at the
+end), so no run depends on an earlier one; FUNCNET_TEST_CACHE=DIR keeps it in DIR instead,
+FUNCNET_TEST_CACHE=0 turns it off.
 """
 import os
+import shutil
+import tempfile
 
 from hypothesis import HealthCheck, settings
 
@@ -12,11 +21,38 @@ settings.register_profile("default", max_examples=50, deadline=None, derandomize
 settings.register_profile("slow", max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 
+_OWNED_CACHE = []  # the temporary folder this (controller) process created
+
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="500 hypothesis examples per property instead of 50")
 
 
+def _session_cache():
+    """Set JAX's cache variables once, in the first process (xdist workers inherit them)."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # the controller's, or the user's own
+        return
+    want = os.environ.get("FUNCNET_TEST_CACHE", "")
+    if want == "0":
+        return
+    if want:
+        path = want
+    else:
+        path = tempfile.mkdtemp(prefix="funcnet-test-jax-cache-")
+        _OWNED_CACHE.append(path)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+
 def pytest_configure(config):
     slow = config.getoption("--slow") or os.environ.get("FUNCNET_SLOW") == "1"
     settings.load_profile("slow" if slow else "default")
+    from funcnet._xla_env import apply_xla_defaults
+    apply_xla_defaults()  # before any test starts JAX's backend; a user's XLA_FLAGS wins
+    _session_cache()
+
+
+def pytest_unconfigure(config):
+    for path in _OWNED_CACHE:
+        shutil.rmtree(path, ignore_errors=True)
