@@ -124,7 +124,8 @@ def main(argv=None) -> int:
         argv = ["train"] + argv
     args = parser.parse_args(argv)
     from ._xla_env import setup_for_command
-    setup_for_command(no_cache=args.no_cache)  # XLA flags and the compilation cache, before JAX starts
+    # XLA flags and the compilation cache, before JAX starts (`launch` has no --no-cache)
+    setup_for_command(no_cache=getattr(args, "no_cache", False))
     from .core import FuncnetError
     from .distributed import ProcessLostError, exit_now, is_initialized
     try:

@@ -153,9 +153,10 @@ def _supervise(children, interrupts, grace, out, lock) -> int:
                     p.kill()
             break
         time.sleep(0.05)
-    for i, p in enumerate(children):
+    for i, p in enumerate(children):  # those that ended between two polls are reported too
         if p.wait() and i not in failures and i not in killed:
             failures[i] = p.returncode
+            _say(out, lock, f"process {i} {_describe(p.returncode)}")
     if not failures:
         return 0
     signalled = [rc for rc in failures.values() if rc < 0]
