@@ -147,6 +147,8 @@ def main(argv=None):
     runners = {"funcnet autodiff": auto, "funcnet manual BPTT": manual}
     try:
         import torch
+        from .torch_agreement import check
+        print("torch agreement (max |diff|):", check())
         torch_run, torch_step = torch_runner(params, x, y)
         first = float(torch_step().detach())
         ref = float(fn.losses.softmax_cross_entropy(

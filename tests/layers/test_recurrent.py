@@ -61,31 +61,6 @@ def test_forward_matches_a_numpy_loop_over_time_steps(name, reference):
         assert fn.serial(getattr(fn, name)(H, False)).output_shape((B, T, D)) == (B, H)
 
 
-def _torch_weights(params, name):
-    """funcnet's params in torch's layout: weight_ih = W_xᵀ, weight_hh = W_hᵀ, torch's LSTM
-    gate order is i, f, g, o (funcnet's is i, f, o, g)."""
-    import torch
-    w_x, w_h, b = (np.asarray(params[k]) for k in ("w_x", "w_h", "b"))
-    if name == "lstm":
-        order = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
-        w_x, w_h, b = w_x[:, order], w_h[:, order], b[order]
-    return {"weight_ih_l0": torch.tensor(w_x.T), "weight_hh_l0": torch.tensor(w_h.T),
-            "bias_ih_l0": torch.tensor(b), "bias_hh_l0": torch.zeros(len(b), dtype=torch.float64)}
-
-
-@pytest.mark.parametrize("name", ["rnn", "lstm"])
-def test_forward_matches_torch(name):
-    torch = pytest.importorskip("torch")
-    with jax.enable_x64(True):
-        params, state, x = _setup(getattr(fn, name)(H), seed=7)
-        y, _ = getattr(fn, name)(H).apply(params, state, x)
-    module = (torch.nn.RNN if name == "rnn" else torch.nn.LSTM)(D, H, batch_first=True).double()
-    module.load_state_dict(_torch_weights(params, name))
-    with torch.no_grad():
-        expected, _ = module(torch.tensor(np.asarray(x)))
-    np.testing.assert_allclose(np.asarray(y), expected.numpy(), rtol=1e-10, atol=1e-12)
-
-
 @pytest.mark.parametrize("spec, seed", [(("rnn", 3), 0), (("lstm", 2, False), 1)])
 def test_bptt_three_ways(spec, seed):
     # return_sequences=True for the lstm and False for the rnn are checked three ways
