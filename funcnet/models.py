@@ -15,6 +15,8 @@ Each function returns a plain `serial` (a Layer); nothing here is special to the
   CIFAR variant: depth = 6n + 2), see its docstring.
 - `lstm_classifier(num_classes, hidden=128)`: an LSTM over (batch, time, features), its last
   h to a dense layer of logits (e.g. MNIST read row by row, 28 steps of 28 pixels).
+- `transformer(vocab_size, max_len, dim, num_heads, depth)`: a decoder-only (GPT-style)
+  language model, token ids (batch, time) in, next-token logits (batch, time, vocab) out.
 
 `fc` and `mlp` flatten their input first, so they take images or feature vectors alike.
 """
@@ -23,13 +25,14 @@ from __future__ import annotations
 from typing import Sequence
 
 from ._validate import as_int
-from .combinators import residual
+from .combinators import residual, time_distributed
 from .core import LayerError, serial
-from .initializers import he
-from .layers import (batch_norm, conv2d, dense, dropout, flatten, global_avg_pool, lstm,
-                     max_pool, relu)
+from .initializers import gaussian, he
+from .layers import (batch_norm, conv2d, dense, dropout, embedding, flatten, gelu,
+                     global_avg_pool, layer_norm, lstm, max_pool, positional_embedding, relu,
+                     self_attention)
 
-__all__ = ["lenet", "fc", "mlp", "resnet", "lstm_classifier", "MODELS", "build"]
+__all__ = ["lenet", "fc", "mlp", "resnet", "lstm_classifier", "transformer", "MODELS", "build"]
 
 
 def _check_classes(num_classes, where) -> int:
@@ -132,3 +135,34 @@ def lstm_classifier(num_classes: int = 10, hidden: int = 128):
     num_classes = _check_classes(num_classes, "lstm_classifier")
     return serial(lstm(as_int(hidden, "hidden", "lstm_classifier"), return_sequences=False),
                   dense(num_classes))
+
+
+def transformer(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int,
+                mlp_ratio: int = 4):
+    """A decoder-only transformer (GPT-2's layout, Radford et al. 2019): token ids (batch,
+    time ≤ max_len) in, logits (batch, time, vocab_size) for the next token out.
+
+        embedding(vocab_size, dim) - positional_embedding(max_len)
+        - depth × [ x + causal_self_attention(layer_norm(x)),
+                    x + dense(gelu(dense(layer_norm(x))))   (dim -> mlp_ratio·dim -> dim) ]
+        - layer_norm - dense(vocab_size)
+
+    Pre-norm blocks (the residual stream is never normalised, only each branch's input), so
+    every block starts close to the identity and deep stacks train without warm-up tricks.
+    Both tables start at N(0, 0.02²) as in GPT-2. Build it with `init(key, (1, T))`; ids may
+    be ints or whole-number floats (what `fit` stores)."""
+    where = "transformer"
+    vocab_size = as_int(vocab_size, "vocab_size", where, minimum=2)
+    max_len = as_int(max_len, "max_len", where)
+    dim = as_int(dim, "dim", where)
+    num_heads = as_int(num_heads, "num_heads", where)
+    depth = as_int(depth, "depth", where)
+    mlp_ratio = as_int(mlp_ratio, "mlp_ratio", where)
+    if dim % num_heads:
+        raise LayerError(f"transformer: num_heads={num_heads} must divide dim={dim}")
+    layers = [embedding(vocab_size, dim, w_init=gaussian(0.02)), positional_embedding(max_len)]
+    for _ in range(depth):
+        layers += [residual(layer_norm(), self_attention(num_heads, causal=True)),
+                   residual(layer_norm(), time_distributed(dense(mlp_ratio * dim)), gelu,
+                            time_distributed(dense(dim)))]
+    return serial(*layers, layer_norm(), time_distributed(dense(vocab_size)))

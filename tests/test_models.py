@@ -73,3 +73,34 @@ def test_lstm_classifier_layout_and_output():
     assert y.shape == (2, 10)
     with pytest.raises(fn.LayerError, match="lstm_classifier: num_classes must be"):
         models.lstm_classifier(1)
+
+
+def test_transformer_layout_shapes_and_errors():
+    model = models.transformer(vocab_size=11, max_len=8, dim=8, num_heads=2, depth=2)
+    block = ["residual", "residual"]
+    assert kinds(model) == ["embedding", "positional_embedding"] + block * 2 + [
+        "layer_norm", "time_distributed"]
+    # tables 11·8 + 8·8; per block 2 layer norms (16 each), attention 8·24 + 24 + 64 + 8,
+    # MLP 8·32 + 32 + 32·8 + 8; final norm 16 and the 8 -> 11 head
+    per_block = 2 * 16 + (8 * 24 + 24 + 64 + 8) + (8 * 32 + 32 + 32 * 8 + 8)
+    assert shapes(model, (1, 8)) == ((1, 8, 11), 88 + 64 + 2 * per_block + 16 + 99)
+    with pytest.raises(fn.LayerError, match="transformer: num_heads=3 must divide dim=8"):
+        models.transformer(11, 8, 8, 3, 1)
+    with pytest.raises(fn.LayerError, match="transformer: depth must be"):
+        models.transformer(11, 8, 8, 2, 0)
+    with pytest.raises(fn.LayerError, match="positional_embedding"):
+        model.init(KEY, (1, 9))
+
+
+def test_transformer_is_causal_and_takes_whole_number_float_ids():
+    model = models.transformer(vocab_size=11, max_len=8, dim=8, num_heads=2, depth=1)
+    params, state = model.init(KEY, (1, 6))
+    ids = np.array([[1, 2, 3, 4, 5, 6]])
+    later = ids.copy()
+    later[0, 3:] = [10, 0, 7]
+    y, _ = model.apply(params, state, ids)
+    y2, _ = model.apply(params, state, later)
+    np.testing.assert_array_equal(y[:, :3], y2[:, :3])   # steps before 3 never see 3..5
+    assert np.abs(y[:, 3:] - y2[:, 3:]).max() > 1e-4
+    y3, _ = model.apply(params, state, ids.astype(np.float32))
+    np.testing.assert_array_equal(y, y3)
