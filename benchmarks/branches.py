@@ -22,7 +22,7 @@ import funcnet as fn
 from benchmarks.timing import Timing, interleaved
 
 
-def residual_step(repeats, inner):
+def residual_step(repeats, inner, runners_only=False):
     block = fn.serial(fn.residual(fn.conv2d(16, 3, padding="SAME"), fn.batch_norm(), fn.relu,
                                   fn.conv2d(16, 3, padding="SAME"), fn.batch_norm()),
                       fn.relu, fn.global_avg_pool, fn.dense(10))
@@ -43,6 +43,8 @@ def residual_step(repeats, inner):
             jax.block_until_ready(metrics["loss"])
 
         runners[name] = run
+    if runners_only:
+        return runners
     times = interleaved(runners, repeats=repeats, inner=inner)
     return [Timing(k, v, compile_s=compile_s[k]) for k, v in times.items()]
 

@@ -10,6 +10,10 @@ Per child (interleaved, median ms per step, batch 128 unless noted):
   cnn      experiments/cnn.py's digits_net (8×8, batch 32, Adam as in the `funcnet` run):
            funcnet autodiff and hand formulas, PyTorch eager channels-last
   mlp      784-512-512-10 SGD-momentum: raw JAX, funcnet autodiff, funcnet hand formulas
+  res      a residual block (conv3x3-bn-relu-conv3x3-bn + x, relu, global pool, dense; batch
+           64 of 14×14×16, Adam): funcnet autodiff and hand formulas, PyTorch CL
+  convT    conv_transpose2d forward + backward (32×14×14×16 -> 28×28×8, k 4, s 2, p 1):
+           funcnet hand backward vs torch ConvTranspose2d + autograd (1 thread, 2 threads)
 Flag names come from the installed jaxlib (`strings libjax_common.so | grep xla_cpu`).
 """
 from __future__ import annotations
@@ -40,7 +44,61 @@ FLAG_SETS = {
                                        "--xla_cpu_enable_concurrency_optimized_scheduler=true",
     "ynn off + vector width 256": "--xla_cpu_experimental_ynn_fusion_type= "
                                   "--xla_cpu_prefer_vector_width=256",
+    "xnn fusions off": "--xla_cpu_experimental_xnn_fusion_type=",
+    "ynn off + custom matmul tiling": "--xla_cpu_experimental_ynn_fusion_type= "
+                                      "--xla_cpu_enable_custom_matmul_tiling=true",
+    "ynn off + fast min/max": "--xla_cpu_experimental_ynn_fusion_type= "
+                              "--xla_cpu_enable_fast_min_max=true",
+    "ynn off + fast math": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_enable_fast_math=true",
 }
+
+
+def _torch_res_block():
+    """benchmarks.branches' residual block in PyTorch, channels-last."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(torch.relu(x + self.body(x)).mean((2, 3)))
+    return Block().to(memory_format=torch.channels_last)
+
+
+def _res_competitors():
+    import numpy as np
+    import torch
+
+    from .branches import residual_step
+    rng = np.random.default_rng(0)
+    xn = rng.standard_normal((64, 14, 14, 16)).astype(np.float32)
+    yn = rng.integers(0, 10, 64).astype(np.int32)
+    xt = torch.from_numpy(xn).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    net = _torch_res_block()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    named = residual_step(0, 0, runners_only=True)
+    comp = {"funcnet autodiff": named["autodiff (jax.grad)"],
+            "funcnet manual": named["with_manual_grads"]}
+    comp["PyTorch CL"] = _torch_runner_with(net, opt, xt, yn)
+    return comp
+
+
+def _torch_runner_with(net, opt, x, y):
+    import torch
+    import torch.nn.functional as F
+    yt = torch.from_numpy(y.astype("int64"))
+
+    def run(n):
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), yt).backward()
+            opt.step()
+    return run
 
 
 def _torch_digits_cnn():
@@ -58,18 +116,10 @@ def _torch_digits_cnn():
 
 def _torch_runner(net, x, y, adam=False):
     import torch
-    import torch.nn.functional as F
     opt = (torch.optim.Adam(net.parameters(), 3e-3) if adam
            else torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
-    yt = torch.from_numpy(y.astype("int64"))
     net.train()
-
-    def run(n):
-        for _ in range(n):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), yt).backward()
-            opt.step()
-    return run
+    return _torch_runner_with(net, opt, x, y)
 
 
 def _cnn_funcnet(x, y, manual):
@@ -112,6 +162,14 @@ def child(workloads_wanted, repeats, inner):
                     "funcnet manual": funcnet_competitor(kind, weights, x, y, True)[0]}
             if kind == "lenet":
                 comp["PyTorch CL"] = torch_competitor(kind, weights, xn, yn, channels_last=True)
+        elif kind == "res":
+            comp = _res_competitors()
+        elif kind == "convT":
+            from .branches import conv_transpose
+            timings = conv_transpose(repeats, inner)[0]
+            out[kind] = {("funcnet manual" if t.name.startswith("funcnet") else
+                          "PyTorch " + t.name.rsplit(", ", 1)[1]): 1e3 * t.median for t in timings}
+            continue
         else:  # the digits CNN, batch 32 of 8×8×1
             import torch
             rng = np.random.default_rng(0)
@@ -146,26 +204,33 @@ def run_map(names, workloads_wanted, repeats, inner):
     return results
 
 
+TITLES = {"lenet": "LeNet, batch 128, SGD-momentum", "cnn": "digits CNN, batch 32, Adam",
+          "mlp": "MLP 784-512-512-10, batch 128", "res": "residual block, batch 64, Adam",
+          "convT": "conv_transpose2d forward + backward"}
+
+
 def table(results):
-    """Markdown: one row per flag set; ms and the ratio PyTorch/funcnet (>1: funcnet faster)."""
-    rows = ["| XLA_FLAGS | LeNet raw | LeNet fn auto | LeNet fn manual | LeNet PyTorch CL | "
-            "LeNet ×PyTorch (manual) | CNN fn auto | CNN fn manual | CNN PyTorch CL | "
-            "CNN ×PyTorch (best fn) | MLP raw | MLP fn auto | MLP fn manual |",
-            "|---" * 14 + "|"]
-    for name, r in results.items():
-        if "error" in r:
-            rows.append(f"| {name} | error: {r['error'][-80:]!r} |" + " |" * 12)
-            continue
-        le, cn, ml = r.get("lenet", {}), r.get("cnn", {}), r.get("mlp", {})
-        f = lambda d, k: f"{d[k]:.2f}" if k in d else "-"
-        lr = f"{le['PyTorch CL'] / le['funcnet manual']:.2f}" if le else "-"
-        cr = (f"{cn['PyTorch CL'] / min(cn['funcnet autodiff'], cn['funcnet manual']):.2f}"
-              if cn else "-")
-        rows.append(f"| {name} | {f(le, 'raw JAX')} | {f(le, 'funcnet autodiff')} | "
-                    f"{f(le, 'funcnet manual')} | {f(le, 'PyTorch CL')} | {lr} | "
-                    f"{f(cn, 'funcnet autodiff')} | {f(cn, 'funcnet manual')} | {f(cn, 'PyTorch CL')} | "
-                    f"{cr} | {f(ml, 'raw JAX')} | {f(ml, 'funcnet autodiff')} | {f(ml, 'funcnet manual')} |")
-    return "\n".join(rows)
+    """Markdown, one table per workload: a row per flag set, ms/step per competitor, and
+    × = the fastest PyTorch (or raw JAX for the MLP) time / the fastest funcnet time (>1:
+    funcnet faster)."""
+    out = []
+    kinds = [k for k in TITLES if any(k in r for r in results.values())]
+    for kind in kinds:
+        cols = sorted({c for r in results.values() for c in r.get(kind, {})})
+        ref = [c for c in cols if c.startswith("PyTorch")] or ["raw JAX"]
+        out += [f"**{TITLES[kind]}** (ms/step medians; × = best {ref[0].split()[0]} / best funcnet)",
+                "", "| XLA_FLAGS | " + " | ".join(cols) + " | × |", "|---" * (len(cols) + 2) + "|"]
+        for name, r in results.items():
+            d = r.get(kind)
+            if not d:
+                out.append(f"| {name} | " + " | ".join("-" for _ in cols) + " | - |")
+                continue
+            best_fn = min(v for c, v in d.items() if c.startswith("funcnet"))
+            best_ref = min(d[c] for c in ref if c in d)
+            out.append(f"| {name} | " + " | ".join(f"{d[c]:.2f}" if c in d else "-" for c in cols)
+                       + f" | {best_ref / best_fn:.2f} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv=None):
@@ -174,7 +239,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--inner", type=int, default=10)
     p.add_argument("--only", default=None, help="comma-separated flag-set names")
-    p.add_argument("--workloads", default="lenet,cnn,mlp")
+    p.add_argument("--workloads", default="lenet,cnn,mlp,res,convT")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.child is not None:
