@@ -20,9 +20,9 @@ the layer), not divided by zero.
 """
 import math
 
-import jax
 import jax.numpy as jnp
 
+from . import _random
 from .errors import LayerError
 
 __all__ = ["gaussian", "lecun_normal", "glorot_normal", "glorot_uniform", "he_normal", "xavier",
@@ -30,10 +30,8 @@ __all__ = ["gaussian", "lecun_normal", "glorot_normal", "glorot_uniform", "he_no
 
 
 def _normal(key, shape, dtype):
-    """jax.random.normal(key, shape), drawn flat and reshaped: the same values bit for bit,
-    but XLA:CPU compiles a rank-4 draw (a conv kernel) several times slower than a flat one."""
-    shape = tuple(shape)
-    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+    """jax.random.normal(key, shape), drawn flat (see funcnet/_random.py: faster to compile)."""
+    return _random.normal(key, shape, dtype)
 
 
 def _check_shape(shape, name):
@@ -72,7 +70,7 @@ def _variance_scaled(name: str, variance, doc: str, uniform: bool = False):
         _check_shape(shape, name)
         if uniform:
             limit = math.sqrt(3.0 * variance(shape))
-            return jax.random.uniform(key, tuple(shape), dtype, -limit, limit)
+            return _random.uniform(key, shape, dtype, -limit, limit)
         return math.sqrt(variance(shape)) * _normal(key, shape, dtype)
 
     init.__name__, init.__doc__ = name, doc

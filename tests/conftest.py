@@ -1,6 +1,6 @@
 """Shared test settings: hypothesis profiles, the --slow option, and the session's JAX setup.
 
-Default profile: 50 examples per property (fast enough for CI). `pytest --slow` (or
+Default profile: 20 examples per property (the curated configs, new seeds). `pytest --slow` (or
 FUNCNET_SLOW=1) draws 500. Nothing is skipped either way.
 
 Before any test imports JAX: funcnet's XLA CPU flags (what the `funcnet` command uses,
@@ -16,7 +16,7 @@ import tempfile
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("default", max_examples=50, deadline=None, derandomize=True,
+settings.register_profile("default", max_examples=20, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("slow", max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -25,7 +25,7 @@ _OWNED_CACHE = []  # the temporary folder this (controller) process created
 
 
 def pytest_addoption(parser):
-    parser.addoption("--slow", action="store_true", help="500 hypothesis examples per property instead of 50")
+    parser.addoption("--slow", action="store_true", help="500 hypothesis examples per property instead of 20")
 
 
 def _session_cache():

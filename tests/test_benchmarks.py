@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
+from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
 from benchmarks import lenet_paths, numpy_net, raw_jax, workloads
 
 N = 8  # a small batch keeps this fast; the benchmark uses 128
@@ -66,9 +67,9 @@ def test_every_conv_and_pool_formulation_matches_xla():
     hand-written pool backward sends δ to the first arg-max cell."""
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(11), 3)
     for c_in, pad in ((1, lenet_paths.SAME5), (3, lenet_paths.VALID)):
-        x = jax.random.normal(k1, (2, 7, 7, c_in))
-        w = jax.random.normal(k2, (5, 5, c_in, 4))
-        dy = jax.random.normal(k3, (2, 7, 7, 4) if c_in == 1 else (2, 3, 3, 4))
+        x = fr.normal(k1, (2, 7, 7, c_in))
+        w = fr.normal(k2, (5, 5, c_in, 4))
+        dy = fr.normal(k3, (2, 7, 7, 4) if c_in == 1 else (2, 3, 3, 4))
 
         @functools.partial(jax.jit, static_argnums=3)
         def value_and_vjp(x, w, dy, conv, pad=pad):  # one compilation instead of many eager ops

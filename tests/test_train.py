@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import funcnet as fn
+from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
 from funcnet import checkpoint, train
 
 KEY = jax.random.PRNGKey(0)
@@ -388,7 +389,7 @@ def test_numpy_ints_are_accepted_like_python_ints(digits):
 def test_fit_and_evaluate_take_sequence_logits_with_labels_per_step():
     # (batch, time, classes) logits and (batch, time) labels: the label at step t is
     # whether the running sum of x up to t is positive, learnt by an rnn whose h is the logits
-    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (64, 5, 1)), np.float32)
+    x = np.asarray(fr.normal(jax.random.PRNGKey(0), (64, 5, 1)), np.float32)
     y = (np.cumsum(x[..., 0], 1) > 0).astype(np.int32)
     model = fn.serial(fn.rnn(8), fn.rnn(2))
     state, history = fn.train.fit(model, optax.adam(0.05), (x, y), epochs=15, batch_size=16,

@@ -1,6 +1,6 @@
 """Inverted dropout (Srivastava et al. 2014; cs231n, Ng)."""
-import jax
 
+from .. import _random
 from ..core import Layer, LayerError
 
 __all__ = ["dropout"]
@@ -21,7 +21,7 @@ def dropout(rate: float) -> Layer:
             return x, state, {}
         if key is None:
             raise LayerError("dropout needs a PRNG key in training: pass key=... to apply/forward")
-        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        keep = _random.bernoulli(key, 1.0 - rate, x.shape)
         mask = keep.astype(x.dtype) / (1.0 - rate)
         return x * mask, state, {"mask": mask}
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import funcnet as fn
+from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
 from tests.reference import as_pair, int_or_pair, normal, pair, resolve_pads
 from tests.layers.three_way import SEEDS, configs, three_way
 
@@ -292,9 +293,9 @@ def test_max_pool_ties_route_to_first_max(window, stride):
             return layer.backward({}, cache, dy)[1], vjp(dy)[0]
 
         constant = jnp.ones((2, 5, 6, 2), jnp.float64)
-        for x in (constant, jnp.round(jax.random.uniform(key, (2, 5, 6, 2), jnp.float64) * 2)):
+        for x in (constant, jnp.round(fr.uniform(key, (2, 5, 6, 2), jnp.float64) * 2)):
             y = layer.apply({}, {}, x)[0]
-            dy = jax.random.normal(jax.random.fold_in(key, 1), y.shape, jnp.float64)
+            dy = fr.normal(jax.random.fold_in(key, 1), y.shape, jnp.float64)
             dx, auto = both(x, dy)
             expected = first_max_routing(np.asarray(x), np.asarray(dy), window, strides)
             np.testing.assert_allclose(np.asarray(dx), expected, rtol=0, atol=1e-15)

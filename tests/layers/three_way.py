@@ -23,6 +23,7 @@ import numpy as np
 from hypothesis import settings, strategies as st
 
 import funcnet as fn
+from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
 
 SLOW = settings().max_examples >= 500
 SEEDS = st.integers(0, 2 ** 31 - 1)
@@ -80,7 +81,7 @@ def randomize(tree, key, scale=0.5):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(key, max(len(leaves), 1))
     return jax.tree_util.tree_unflatten(
-        treedef, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+        treedef, [p + scale * fr.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
 
 
 def three_way(spec, input_shape, seed, *, train=False, state_fn=None):
@@ -93,10 +94,10 @@ def three_way(spec, input_shape, seed, *, train=False, state_fn=None):
         params = randomize(params, k_p)
         if state_fn is not None:
             state = state_fn(state, k_s)
-        x = jax.random.normal(k_x, input_shape, jnp.float64)
+        x = fr.normal(k_x, input_shape, jnp.float64)
         y, _ = layer.apply(params, state, x, train=train, key=k_drop)
         assert y.dtype == jnp.float64
-        g = jax.random.normal(k_g, y.shape, jnp.float64)
+        g = fr.normal(k_g, y.shape, jnp.float64)
         px = (params, x)
         m, a = manual_and_autodiff(px, state, g, k_drop)
         n = fn.numerical_grad(objective, px, args=(state, g, k_drop))
