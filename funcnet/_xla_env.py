@@ -23,6 +23,20 @@ __all__ = ["DEFAULT_XLA_FLAGS", "apply_xla_defaults", "backend_started", "defaul
 # YNNPACK fusions off: XLA's own emitters ran LeNet's conv step faster on the measured CPU
 # (benchmarks/RESULTS.md, "XLA CPU flag map").
 DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+# The jaxlib series the flag was measured on. XLA aborts the process on a flag it does not
+# know, and experimental flags come and go between releases, so other versions get XLA's
+# own defaults until they are measured (benchmarks/xla_flags.py).
+MEASURED_JAXLIB = ("0.10.",)
+
+
+def _jaxlib_measured() -> bool:
+    """Whether the installed jaxlib is one whose flags funcnet measured (read from the
+    package metadata, without importing JAX)."""
+    from importlib import metadata
+    try:
+        return metadata.version("jaxlib").startswith(MEASURED_JAXLIB)
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def backend_started() -> bool:
@@ -38,10 +52,11 @@ def backend_started() -> bool:
 
 def apply_xla_defaults(flags: str = DEFAULT_XLA_FLAGS) -> bool:
     """Set XLA_FLAGS to funcnet's CPU defaults unless the user set XLA_FLAGS (even to ""),
-    FUNCNET_XLA_DEFAULTS=0, or JAX's backend already started. True when it set them."""
+    FUNCNET_XLA_DEFAULTS=0, JAX's backend already started, or the installed jaxlib is not
+    one the flags were measured on (`MEASURED_JAXLIB`). True when it set them."""
     if os.environ.get("FUNCNET_XLA_DEFAULTS", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    if "XLA_FLAGS" in os.environ or backend_started():
+    if "XLA_FLAGS" in os.environ or backend_started() or not _jaxlib_measured():
         return False
     os.environ["XLA_FLAGS"] = flags
     return True

@@ -94,3 +94,14 @@ def test_xla_defaults_respect_the_user(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS")
     monkeypatch.setattr(_xla_env, "backend_started", lambda: True)  # too late: XLA read them
     assert not _xla_env.apply_xla_defaults() and "XLA_FLAGS" not in os.environ
+
+
+def test_xla_defaults_only_for_the_measured_jaxlib(monkeypatch):
+    """An unknown flag aborts XLA: a jaxlib series nobody measured keeps XLA's defaults."""
+    from importlib import metadata
+    monkeypatch.setattr(_xla_env, "backend_started", lambda: False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("FUNCNET_XLA_DEFAULTS", raising=False)
+    assert metadata.version("jaxlib").startswith(_xla_env.MEASURED_JAXLIB)
+    monkeypatch.setattr(metadata, "version", lambda name: "0.99.0")
+    assert not _xla_env.apply_xla_defaults() and "XLA_FLAGS" not in os.environ
