@@ -12,7 +12,7 @@ from .layers import (conv1d, conv_transpose2d, elu, embedding, gelu, gelu_tanh, 
                      layer_norm, leaky_relu, softplus)
 from .losses import accuracy
 from . import models
-from ._xla_env import enable_compilation_cache
+from ._xla_env import apply_xla_defaults, enable_compilation_cache
 
 # Training, data, checkpoints and processes load on first use (`fn.train`, `fn.data`, ...),
 # so `import funcnet` pays only for the layers; data imports scikit-learn / mlxtend only
