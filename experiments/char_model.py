@@ -56,6 +56,10 @@ def add_arguments(p):
     p.add_argument("--sample-length", type=int, default=300, help="(default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.8, help="(default %(default)s)")
     p.add_argument("--prompt", default="The ", help="(default %(default)r)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated, of transformer and lstm (default: both; with "
+                        "--quick only the transformer, as each model's compilations take "
+                        "most of a quick run)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -199,13 +203,16 @@ def sample(model, params, state, vocab, prompt, n, *, context, temperature=1.0, 
 # ----------------------------------------------------------------------------- study
 
 def configuration(args) -> dict:
+    models = args.models or ("transformer" if args.quick else "transformer,lstm")
+    common_ = {"temperature": args.temperature, "prompt": args.prompt,
+               "models": [m.strip() for m in models.split(",") if m.strip()]}
     if args.quick:
         return {"context": 32, "dim": 32, "depth": 1, "heads": 2, "hidden": 48, "steps": 60,
                 "batch_size": 16, "lr": 1e-2, "eval_every": 30, "sample_length": 100,
-                "temperature": args.temperature, "prompt": args.prompt}
+                **common_}
     keys = ("context", "dim", "depth", "heads", "hidden", "steps", "batch_size", "lr",
-            "eval_every", "sample_length", "temperature", "prompt")
-    return {k: getattr(args, k) for k in keys}
+            "eval_every", "sample_length")
+    return {**{k: getattr(args, k) for k in keys}, **common_}
 
 
 def plot(args, runs, base):
@@ -237,20 +244,32 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     curve_rows = np.sort(rng.choice(len(full[0]), min(EVAL_SAMPLE, len(full[0])), replace=False))
     evals = {"full": full, "curve": (full[0][curve_rows], full[1][curve_rows])}
-    models = {"transformer": fn.models.transformer(V, T, cfg["dim"], cfg["heads"], cfg["depth"]),
-              "lstm": lstm_model(V, cfg["hidden"])}
+    build = {"transformer": lambda: fn.models.transformer(V, T, cfg["dim"], cfg["heads"],
+                                                          cfg["depth"]),
+             "lstm": lambda: lstm_model(V, cfg["hidden"])}
+    unknown = set(cfg["models"]) - set(build)
+    if unknown or not cfg["models"]:
+        raise fn.FuncnetError(f"char_model: --models takes transformer and/or lstm, got "
+                              f"{','.join(cfg['models'])!r}")
+    models = {name: build[name]() for name in cfg["models"]}
     key = jax.random.PRNGKey(args.seed)
     runs, samples = {}, {}
     for i, (name, model) in enumerate(models.items()):
+        start = time.perf_counter()  # wall: compilation, training, evaluation and sampling
         ts, runs[name] = train_model(model, cfg, train, evals, jax.random.fold_in(key, i),
                                      args.progress, name)
+        draw = functools.partial(sample, model, ts.params, ts.state, vocab, cfg["prompt"],
+                                 cfg["sample_length"], context=T, temperature=cfg["temperature"])
         with common.timed(runs[name], "sample_seconds"):
-            samples[name] = sample(model, ts.params, ts.state, vocab, cfg["prompt"],
-                                   cfg["sample_length"], context=T,
-                                   temperature=cfg["temperature"], seed=args.seed)
+            samples[name] = draw(seed=args.seed)
+        # reproducibility, recorded: the same seed again, and the next seed
+        runs[name]["same_seed_same_sample"] = draw(seed=args.seed) == samples[name]
+        runs[name]["next_seed_sample"] = draw(seed=args.seed + 1)
+        runs[name]["wall_seconds"] = round(time.perf_counter() - start, 2)
         r = runs[name]
         print(f"{name}: {r['params']:,} params, validation {r['val_bits']:.3f} bits/char after "
-              f"{r['steps']} steps ({r['train_seconds']:.0f} s training)\n--- sample "
+              f"{r['steps']} steps ({r['train_seconds']:.0f} s training, {r['wall_seconds']:.0f} s "
+              f"wall in all)\n--- sample "
               f"(T = {cfg['temperature']}) ---\n{cfg['prompt']}{samples[name]}\n---", flush=True)
     plot(args, runs, base)
     return common.write_metrics(args, {
@@ -258,7 +277,8 @@ def main(argv=None) -> dict:
         "validation_characters": len(val), "validation_windows": len(full[0]),
         "baselines": base, "config": cfg,
         "val_bits": {name: r["val_bits"] for name, r in runs.items()},
-        "transformer_reaches_2_5": bool(runs["transformer"]["val_bits"] <= 2.5),
+        "transformer_reaches_2_5": (bool(runs["transformer"]["val_bits"] <= 2.5)
+                                    if "transformer" in runs else None),
         "samples": samples, "runs": runs})
 
 

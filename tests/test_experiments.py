@@ -150,17 +150,12 @@ def test_char_model_beats_the_unigram_and_samples_from_the_vocabulary(tmp_path):
     assert m["characters"] > 400_000 and m["vocab_size"] > 90
     assert 4.5 <= m["baselines"]["unigram"] <= 4.8 and 3.2 <= m["baselines"]["bigram"] <= 3.5
     _, vocab, _ = char_model.load_text()
-    for name in ("transformer", "lstm"):
-        r = m["runs"][name]
+    assert list(m["runs"]) == ["transformer"]  # --quick: the LSTM's compilations left out
+    for name, r in m["runs"].items():
         # even 60 quick steps learn more than the character frequencies
         assert math.isfinite(r["val_bits"]) and r["val_bits"] < m["baselines"]["unigram"]
         assert r["curve"]["val_bits"][-1] < r["curve"]["val_bits"][0]
         text = m["samples"][name]
         assert len(text) == m["config"]["sample_length"] and set(text) <= set(vocab)
-    # sampling is a pure function of the seed
-    import jax
-    model = char_model.fn.models.transformer(len(vocab), 8, 8, 2, 1)
-    params, state = model.init(jax.random.PRNGKey(0), (1, 8))
-    def draw(seed):
-        return char_model.sample(model, params, state, vocab, "def", 20, context=8, seed=seed)
-    assert draw(3) == draw(3) != draw(4) and len(draw(3)) == 20 and set(draw(3)) <= set(vocab)
+        # sampling is a pure function of the seed (the study drew each seed twice)
+        assert r["same_seed_same_sample"] and r["next_seed_sample"] != text
