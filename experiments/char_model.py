@@ -11,7 +11,7 @@ finite cost): the unigram model p(c) ≈ 4.67 bits/char, the bigram model p(c | 
 Two models of about the same size are trained on random windows of T characters (the
 targets: the same window shifted one character on), on the hand-derived backward
 formulas (`fn.with_manual_grads`), AdamW with warm-up and cosine decay, the same number of
-steps and the same batches:
+steps of the same batch size (each model draws its own random windows, from its own seed):
 
 - `fn.models.transformer(vocab, T, dim, heads, depth)`: the decoder-only (GPT-style)
   model, pre-norm causal self-attention and gelu MLP blocks;
@@ -23,6 +23,9 @@ of 256 of them). Text is sampled from each by a jitted `lax.scan`: a window of T
 rolled forward one character per step, the model run on it, and the next character drawn
 from softmax(logits / temperature) at the last filled position (a causal model's output
 there does not depend on the not-yet-filled positions after it).
+
+`--quick` trains only a tiny transformer (dim 32, one block, T 32) for 60 steps: a few
+seconds once compiled, for tests/test_experiments.py.
 """
 from __future__ import annotations
 
