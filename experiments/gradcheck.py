@@ -40,6 +40,16 @@ def small_cnn(pool: fn.Layer) -> fn.Layer:
     return fn.serial(fn.conv2d(3, (3, 3)), fn.relu, pool, fn.flatten, fn.dense(4))
 
 
+def transformer_block(dim: int, num_heads: int, mlp_ratio: int = 2) -> fn.Layer:
+    """One pre-norm block of fn.models.transformer (x + attn(ln(x)), then x + mlp(ln(x))),
+    flattened to a dense classifier."""
+    return fn.serial(
+        fn.residual(fn.layer_norm(), fn.self_attention(num_heads, causal=True)),
+        fn.residual(fn.layer_norm(), fn.time_distributed(fn.dense(mlp_ratio * dim)), fn.gelu,
+                    fn.time_distributed(fn.dense(dim))),
+        fn.flatten, fn.dense(3))
+
+
 def networks(quick: bool = False):
     """name -> (model, input shape, target kind, loss, train, numerically sampled coordinates
     per leaf or None for all). Every network of the folder, at a tiny size."""
@@ -104,6 +114,12 @@ def networks(quick: bool = False):
         "sequence/causal self_attention": (attention(True), (2, 5, 4), "classes3", ce, False,
                                            None),
     })
+    nets.update({  # the transformer's pre-norm block, and a whole tiny one (char_model.py)
+        "char_model/transformer block": (transformer_block(4, 2), (2, 5, 4), "classes3", ce,
+                                         False, None),
+        "char_model/transformer": (fn.models.transformer(7, 5, 4, 2, 2), (2, 5), "tokens7", ce,
+                                   False, None),
+    })
     if quick:  # one network per experiment (compilation dominates the time)
         keep = ("xor/mlp_tanh", "fc_net/batch_norm+dropout", "cnn/digits tanh/mean/ignore",
                 "losses/regressor (rmse)", "init_study/10-layer tanh", "graph_net/dag",
@@ -112,7 +128,12 @@ def networks(quick: bool = False):
     return nets
 
 
-def targets(kind: str, n: int, key):
+def targets(kind: str, shape, key):
+    """Labels for `kind`: "classesK" one class in [0, K) per example, "tokensV" one token id
+    in [0, V) per position of the (batch, time) input, "regression1" one value."""
+    n = shape[0]
+    if kind.startswith("tokens"):
+        return jax.random.randint(key, tuple(shape), 0, int(kind[len("tokens"):]))
     if kind.startswith("classes"):
         return jax.random.randint(key, (n,), 0, int(kind[len("classes"):]))
     return jax.random.uniform(key, (n, 1))
@@ -121,8 +142,12 @@ def targets(kind: str, n: int, key):
 def check(model, input_shape, target_kind, loss, train, samples, key):
     k_init, k_x, k_y, k_drop = jax.random.split(key, 4)
     params, state = model.init(k_init, input_shape)
-    x = jax.random.normal(k_x, input_shape)
-    y = targets(target_kind, input_shape[0], k_y)
+    if target_kind.startswith("tokens"):  # a language model: token ids in (as floats, as
+        # fit stores them: embedding rounds them, finite differences stay on the same row)
+        x = targets(target_kind, input_shape, k_x).astype(float)
+    else:
+        x = jax.random.normal(k_x, input_shape)
+    y = targets(target_kind, input_shape, k_y)
     return fn.check_gradients(model, params, state, x, y, loss, train=train,
                               key=k_drop if train else None, samples=samples, sample_key=k_drop)
 

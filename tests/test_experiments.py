@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from experiments import (cnn, fc_net, gradcheck, graph_net, init_study, losses,
+from experiments import (char_model, cnn, fc_net, gradcheck, graph_net, init_study, losses,
                          optimizers, regularization, resnet, sequence, xor)
 
 
@@ -142,3 +142,20 @@ def test_sequence_lstm_vs_rnn_and_hidden_gradient_norms(tmp_path):
             assert m["first_over_last_grad_norm"][f"{cell}/{when}"] < 0.5
         assert r["train_loss"][-1] < r["train_loss"][0]
         assert m[f"{cell}_accuracy"] > 0.12  # above chance after 2 quick epochs
+
+
+def test_char_model_beats_the_unigram_and_samples_from_the_vocabulary(tmp_path):
+    m = run(char_model, tmp_path, "learning_curve.png")
+    # add-one smoothed baselines on the same 90/10 split of pydoc_data.topics
+    assert m["characters"] > 400_000 and m["vocab_size"] > 90
+    assert 4.5 <= m["baselines"]["unigram"] <= 4.8 and 3.2 <= m["baselines"]["bigram"] <= 3.5
+    _, vocab, _ = char_model.load_text()
+    assert list(m["runs"]) == ["transformer"]  # --quick: the LSTM's compilations left out
+    for name, r in m["runs"].items():
+        # even 60 quick steps learn more than the character frequencies
+        assert math.isfinite(r["val_bits"]) and r["val_bits"] < m["baselines"]["unigram"]
+        assert r["curve"]["val_bits"][-1] < r["curve"]["val_bits"][0]
+        text = m["samples"][name]
+        assert len(text) == m["config"]["sample_length"] and set(text) <= set(vocab)
+        # sampling is a pure function of the seed (the study drew each seed twice)
+        assert r["same_seed_same_sample"] and r["next_seed_sample"] != text
