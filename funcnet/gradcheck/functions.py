@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import FuncnetError
-from . import _probe
-from .report import GradientReport, _to64, leaf_row
+from . import _precision, _probe
+from .report import GradientReport, leaf_row
 
 __all__ = ["check_vjp", "check_hvp"]
 
@@ -29,7 +29,7 @@ def _cotangents(out, key, k):
     """k random normal cotangents for f's output pytree, stacked on a leading axis."""
     leaves, treedef = jax.tree_util.tree_flatten(out)
     keys = jax.random.split(key, len(leaves))
-    return treedef, [jax.random.normal(kk, (k,) + jnp.shape(y), jnp.float64)
+    return treedef, [jax.random.normal(kk, (k,) + jnp.shape(y), jnp.asarray(y).dtype)
                      for kk, y in zip(keys, leaves)]
 
 
@@ -56,7 +56,8 @@ def check_vjp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
     from the rule vs centred differences (⟨c, f(x + εeᵢ)⟩ − ⟨c, f(x − εeᵢ)⟩) / 2ε, and with
     `reference=g` (the same math without the rule) vs autodiff of g.
 
-    Runs in float64 whatever the user's setting (restored after). f may return any pytree
+    Runs in float64 whatever the user's setting (restored after; where the backend has no
+    float64, in float32 with a widened floor, and the report says so). f may return any pytree
     of floating arrays; integer arguments are constants. An element passes when
     |a − b| <= rtol (|a| + |b|) + atol, atol (default 1e-6 · max(1, Σ|c||f|)) being the
     differencing noise floor. Elements whose one-sided differences disagree are at a kink:
@@ -68,10 +69,12 @@ def check_vjp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
     where = "check_vjp"
     key = jax.random.PRNGKey(0) if key is None else key
     with jax.enable_x64(True):
-        leaves, rebuild, names = _probe.split_args(_to64(args), where)
+        prec = _precision.working_precision()
+        eps, rtol = max(eps, prec.min_eps), max(rtol, prec.min_rtol)
+        leaves, rebuild, names = _probe.split_args(_precision.cast(args, prec.dtype), where)
         for attempt in range(4 if avoid_kinks else 1):
             report = _vjp_report(f, reference, leaves, rebuild, names, jax.random.fold_in(key, attempt),
-                                 eps, rtol, atol, cotangents, _auto_samples(samples, leaves))
+                                 eps, rtol, atol, cotangents, _auto_samples(samples, leaves), prec)
             if not report.kinks:
                 break
             noise = jax.random.split(jax.random.fold_in(key, 1000 + attempt), len(leaves))
@@ -81,7 +84,7 @@ def check_vjp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
     return report
 
 
-def _vjp_report(f, reference, leaves, rebuild, names, key, eps, rtol, atol, k, samples):
+def _vjp_report(f, reference, leaves, rebuild, names, key, eps, rtol, atol, k, samples, prec):
     where = "check_vjp"
     h = lambda ls: f(*rebuild(ls))  # noqa: E731
     out = _guard(where, "calling f", lambda: h(leaves))
@@ -105,7 +108,7 @@ def _vjp_report(f, reference, leaves, rebuild, names, key, eps, rtol, atol, k, s
                         lambda: _probe.differences(g, leaves, picked, eps))
     scale = max(float(sum(np.sum(np.abs(np.asarray(c[i]) * np.asarray(y)))
                           for c, y in zip(cts, jax.tree_util.tree_leaves(out)))) for i in range(k))
-    floor = 1e-6 * max(1.0, scale) if atol is None else atol
+    floor = 1e-6 * prec.widen * max(1.0, scale) if atol is None else atol
     rows = []
     for j, (name, (num, fw, bw)) in enumerate(zip(names, diffs)):
         kinks = np.any(_probe.kink_mask(fw, bw, floor), axis=0)
@@ -119,7 +122,8 @@ def _vjp_report(f, reference, leaves, rebuild, names, key, eps, rtol, atol, k, s
             per_k.append(leaf_row(name, named, comps, kinks))
         rows.append(next((r for r in per_k if not r.ok), per_k[0]))
     return GradientReport(rows, float(mid[0]), {"rtol": rtol, "atol": floor, "eps": eps},
-                          columns=("rule/numerical", "rule/reference"), title="check_vjp")
+                          prec.note(floor, eps, rtol), columns=("rule/numerical", "rule/reference"),
+                          title="check_vjp")
 
 
 def check_hvp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None,
@@ -136,15 +140,19 @@ def check_hvp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
     where = "check_hvp"
     key = jax.random.PRNGKey(0) if key is None else key
     with jax.enable_x64(True):
-        leaves, rebuild, names = _probe.split_args(_to64(args), where)
+        prec = _precision.working_precision()
+        eps, rtol = max(eps, prec.min_eps), max(rtol, prec.min_rtol)
+        leaves, rebuild, names = _probe.split_args(_precision.cast(args, prec.dtype), where)
         out = _guard(where, "calling f", lambda: f(*rebuild(leaves)))
         _probe.check_output(out, where, _guard(where, "calling f", lambda: f(*rebuild(leaves))))
         treedef, cts = _cotangents(out, jax.random.fold_in(key, 1), 1)
         s = lambda ls: _project(lambda q: f(*rebuild(q)), cts)(ls)[0]  # noqa: E731
         grad = jax.grad(s)
         g0 = _guard(where, "the gradient through f's rule", lambda: grad(leaves))
-        floor = 1e-6 * max(1.0, max(float(jnp.max(jnp.abs(g))) for g in g0)) if atol is None else atol
+        floor = (1e-6 * prec.widen * max(1.0, max(float(jnp.max(jnp.abs(g))) for g in g0))
+                 if atol is None else atol)
         report = GradientReport([], float(s(leaves)), {"rtol": rtol, "atol": floor, "eps": eps},
+                                prec.note(floor, eps, rtol),
                                 columns=("rule/numerical", "rule/reference"), title="check_hvp")
         for d in range(directions):
             vkeys = jax.random.split(jax.random.fold_in(key, 10 + d), len(leaves))
