@@ -206,3 +206,19 @@ def test_without_float64_the_checks_run_in_float32_with_a_wider_floor(monkeypatc
         lambda g: 1.1 * g, model.backward(p, c, dy)))
     assert not fn.check_gradients(wrong, params, state, x[:2]).ok
     assert not jax.config.jax_enable_x64
+
+
+def test_a_large_leaf_is_checked_along_random_directions():
+    """A 100x100 weight: projected check (4 random unit directions); small x element by
+    element. A transposed weight gradient (same shape) is caught; the right rule passes."""
+    x, w = jax.random.normal(jax.random.PRNGKey(3), (2, 100)), jnp.eye(100) / 2 + 0.01
+    report = fn.check_vjp(tanh_affine, x, w, reference=lambda x, w: jnp.tanh(x @ w))
+    assert report.ok and [r.path for r in report.rows] == ["arg0", "arg1 projected (4 directions)"]
+    assert report.rows[1].shape == (100, 100) and report.rows[1].manual_vs_autodiff < 1e-6
+    f = jax.custom_vjp(lambda x, w: jnp.tanh(x @ w))
+    f.defvjp(_fwd, lambda res, g: (_bwd(res, g)[0], _bwd(res, g)[1].T))
+    bad = fn.check_vjp(f, x, w)
+    assert [r.path for r in bad.failures] == ["arg1 projected (4 directions)"]
+    assert "arg1 projected (4 directions): FAIL at direction (" in str(bad)
+    sampled = fn.check_vjp(f, x, w, samples=64)  # coordinate sampling stays available
+    assert not sampled.ok and sampled.rows[1].path == "arg1"

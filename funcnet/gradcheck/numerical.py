@@ -162,10 +162,18 @@ def directional_check(f, x, *, key, eps=1e-5, args=()):
     return float(fd), float(exact)
 
 
+def key_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key: drawing with it compiles nothing (a jax.random
+    draw compiles a program per shape, ~1 s on a loaded machine: more than a check of a
+    small function takes)."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
 def random_directions(key, leaf, k):
     """k random unit directions (k,) + leaf.shape in leaf's dtype (normal, normalized)."""
-    v = jax.random.normal(key, (k,) + tuple(leaf.shape), leaf.dtype)
-    return v / jnp.sqrt(jnp.sum(v ** 2, axis=tuple(range(1, v.ndim)), keepdims=True))
+    v = key_rng(key).standard_normal((k,) + tuple(leaf.shape))
+    v /= np.sqrt(np.sum(v ** 2, axis=tuple(range(1, v.ndim)), keepdims=True))
+    return jnp.asarray(v, leaf.dtype)
 
 
 def projected_differences(f, leaves, which, directions, eps, *, args=(), compile=True):
