@@ -9,7 +9,8 @@ import numpy as np
 from ..core import FuncnetError, Layer, param_paths
 from . import _precision
 from .localize import localize
-from .numerical import numerical_grad, projected_differences, random_directions
+from .fused import fused_check
+from .numerical import key_rng, numerical_grad, random_directions
 from ._probe import kink_mask
 from .report import GradientReport, _excess, combined_row, leaf_row
 
@@ -24,7 +25,7 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
                     key=None, eps=1e-5, rtol=1e-6, manual_rtol=1e-8, atol=None,
                     samples: int | str | None = "auto", directions: int = 4,
                     sample_key=None, seed=0, chunk: int = 256, avoid_kinks=False,
-                    raise_on_failure=False) -> GradientReport:
+                    project_above: int = PROJECT_ABOVE, raise_on_failure=False) -> GradientReport:
     """Compare the hand-derived gradients (`model.backward`), `jax.grad` and centred
     finite differences of loss(model(x), labels), for every parameter leaf and the input.
 
@@ -37,7 +38,8 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
     is the finite-difference noise floor, so gradients that are zero in truth pass.
 
     Manual vs autodiff is always element by element. Numerically: samples="auto" differences
-    every coordinate of leaves up to 2048 elements and checks bigger ones along `directions`
+    every coordinate of leaves up to `project_above` (2048) elements and checks bigger ones
+    along `directions`
     random unit directions v (⟨autodiff, v⟩ vs (L(x + εv) − L(x − εv)) / 2ε: the projected
     check, as torch's fast mode; rows say "projected (k directions)"); `samples=k` differences
     k random coordinates per leaf instead; None every coordinate. `chunk` is
@@ -56,7 +58,7 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
         base = jax.random.PRNGKey(seed)
         for attempt in range(4 if avoid_kinks else 1):
             report = _check(model, params, state, x, labels, loss, train, key, tol, samples,
-                            directions, sample_key, seed, chunk, prec)
+                            (directions, project_above), sample_key, seed, chunk, prec)
             if not report.kinks:
                 break
             params, x = _redraw(params, x, jax.random.fold_in(base, 1000 + attempt))
@@ -100,7 +102,6 @@ def _check(model, params, state, x, labels, loss, train, key, tol, samples, dire
 
     point = (params, x) if diff_x else (params,)
 
-    @jax.jit  # compiled: much faster than op-by-op dispatch, even for one call
     def exact(point):
         value, auto = jax.value_and_grad(objective)(point)
         y, _, cache = model.forward(point[0], state, point[1] if diff_x else x, train=train,
@@ -108,7 +109,16 @@ def _check(model, params, state, x, labels, loss, train, key, tol, samples, dire
         man_p, man_x = model.backward(point[0], cache, dloss(y, labels))
         return value, auto, (man_p, man_x) if diff_x else (man_p,)
 
-    value, auto, man = exact(point)
+    leaves, treedef = jax.tree_util.tree_flatten(point)
+    directions, above = directions
+    big, vs, coords, along = [], {}, None, {}
+    if samples == "auto":  # one compiled program for everything
+        big = [j for j, leaf in enumerate(leaves) if leaf.size > above]
+        rng = np.random.default_rng([seed, 77]) if sample_key is None else key_rng(sample_key)
+        vs = {j: random_directions(rng, leaves[j], directions) for j in big}
+        value, auto, man, coords, along = fused_check(objective, exact, point, big, vs, tol["eps"])
+    else:
+        value, auto, man = jax.jit(exact)(point)  # compiled: much faster than op by op
     value = float(value)
     if jax.tree_util.tree_structure(man[0]) != jax.tree_util.tree_structure(auto[0]):
         raise FuncnetError(f"check_gradients: the model's backward returned parameter gradients "
@@ -117,28 +127,29 @@ def _check(model, params, state, x, labels, loss, train, key, tol, samples, dire
     floor = 1e-6 * prec.widen * max(1.0, abs(value)) if tol["atol"] is None else tol["atol"]
     floors = (floor * 1e-3 * (1 if prec.f64 else 10), floor)  # manual/autodiff: round-off only
     rtols = (tol["manual_rtol"], tol["rtol"])
-    leaves, treedef = jax.tree_util.tree_flatten(point)
-    big = [j for j, leaf in enumerate(leaves) if samples == "auto" and leaf.size > PROJECT_ABOVE]
-    num = _coordinate_part(objective, leaves, treedef, big, tol["eps"],
-                           None if samples == "auto" else samples, sample_key, chunk)
     paths = [path for path, _ in param_paths(model, man[0])] + (["input"] if diff_x else [])
     m_leaves, a_leaves = jax.tree_util.tree_leaves(man), jax.tree_util.tree_leaves(auto)
     for path, m, a in zip(paths, m_leaves, a_leaves):
         if np.shape(m) != np.shape(a):
             raise FuncnetError(f"check_gradients: backward gave {path} a gradient of shape "
                                f"{np.shape(m)}, expected {np.shape(a)}")
-    kinks = _kink_masks(objective, leaves, treedef, m_leaves, a_leaves, num, tol["eps"],
-                        rtols, floors)
-    projected = _projected_rows(objective, leaves, treedef, big, a_leaves, directions,
-                                sample_key if sample_key is not None else jax.random.PRNGKey(seed),
-                                tol["eps"], rtols[1], floors[1])
+    if coords is None:
+        num = _coordinate_part(objective, leaves, treedef, [], tol["eps"], samples, sample_key,
+                               chunk)
+        kinks = _kink_masks(objective, leaves, treedef, m_leaves, a_leaves, num, tol["eps"],
+                            rtols, floors)
+    else:
+        num = [coords[j][0] if j in coords else np.full(leaf.shape, np.nan)
+               for j, leaf in enumerate(leaves)]
+        kinks = [_kinks_seen(m, a, n, coords.get(j), rtols, floors)
+                 for j, (m, a, n) in enumerate(zip(m_leaves, a_leaves, num))]
     rows = []
     for j, (path, m, a, n) in enumerate(zip(paths, m_leaves, a_leaves, num)):
         named = [("manual", m), ("autodiff", a), ("numerical", n)]
-        if j in projected:
+        if j in along:
             full = leaf_row(path, named[:2], [(0, 1, rtols[0], floors[0])], kinks[j])
-            label = f"{path} projected ({directions} directions)"
-            rows.append(combined_row(label, np.shape(a), full, projected[j]))
+            rows.append(combined_row(f"{path} projected ({directions} directions)", np.shape(a),
+                                     full, _projected_row(a, vs[j], along[j], rtols[1], floors[1])))
         else:
             rows.append(leaf_row(path, named, [(0, 1, rtols[0], floors[0]),
                                                (1, 2, rtols[1], floors[1])], kinks[j]))
@@ -151,10 +162,30 @@ def _check(model, params, state, x, labels, loss, train, key, tol, samples, dire
                                         "atol": floor, "eps": tol["eps"]}, notes)
 
 
+def _kinks_seen(m, a, n, diffs, rtols, floors, limit=16):
+    """Elements at a kink, from the one-sided differences the program already computed:
+    those failing a comparison whose forward and backward differences disagree (none when
+    more than `limit` fail: that is a wrong formula, not a few kinks)."""
+    m, a, n = (np.asarray(v, np.float64) for v in (m, a, n))
+    failing = (_excess(m, a, rtols[0], floors[0]) > 0) | (_excess(a, n, rtols[1], floors[1]) > 0)
+    if diffs is None or failing.sum() > limit:
+        return np.zeros(a.shape, bool)
+    return failing & kink_mask(diffs[1], diffs[2], floors[1])
+
+
+def _projected_row(auto, vs, diffs, rtol, floor):
+    """⟨autodiff, v⟩ vs the differences along v, directions at a kink excused."""
+    num, fw, bw = diffs
+    dots = np.tensordot(np.asarray(vs, np.float64), np.asarray(auto, np.float64),
+                        axes=np.ndim(auto))
+    return leaf_row("", [("autodiff·v", dots), ("numerical", num)], [(0, 1, rtol, floor)],
+                    kink_mask(fw, bw, floor), where="direction")
+
+
 def _coordinate_part(objective, leaves, treedef, big, eps, samples, sample_key, chunk):
     """Centred differences of every leaf not in `big` (all or `samples` coordinates);
-    NaN-filled arrays for the big ones (checked along directions instead). One call of
-    numerical_grad: small leaves share one compiled program; big leaves ride as args."""
+    NaN-filled arrays for the big ones. One call of numerical_grad: small leaves share one
+    compiled program; big leaves ride as args."""
     small = [j for j in range(len(leaves)) if j not in big]
 
     def f(parts, rest):
@@ -170,25 +201,6 @@ def _coordinate_part(objective, leaves, treedef, big, eps, samples, sample_key, 
     for j, g in zip(small, got):
         out[j] = np.asarray(g, np.float64)
     return out
-
-
-def _projected_rows(objective, leaves, treedef, big, auto, k, key, eps, rtol, floor):
-    """{leaf index: the row comparing ⟨autodiff, v⟩ with differences along v} for the big
-    leaves, k random unit directions each; directions whose one-sided differences disagree
-    are at a kink."""
-    if not big:
-        return {}
-    keys = jax.random.split(jax.random.fold_in(key, 77), len(leaves))
-    vs = {j: random_directions(keys[j], leaves[j], k) for j in big}
-    f = lambda ls: objective(jax.tree_util.tree_unflatten(treedef, ls))  # noqa: E731
-    diffs = projected_differences(f, leaves, big, vs, eps)
-    rows = {}
-    for j, (num, fw, bw) in zip(big, diffs):
-        along = np.tensordot(np.asarray(vs[j], np.float64), np.asarray(auto[j], np.float64),
-                             axes=auto[j].ndim)
-        rows[j] = leaf_row("", [("autodiff·v", along), ("numerical", num)], [(0, 1, rtol, floor)],
-                           kink_mask(fw, bw, floor), where="direction")
-    return rows
 
 
 def _blame(model, params, state, x, train, key, seed):

@@ -170,8 +170,10 @@ def key_rng(key) -> np.random.Generator:
 
 
 def random_directions(key, leaf, k):
-    """k random unit directions (k,) + leaf.shape in leaf's dtype (normal, normalized)."""
-    v = key_rng(key).standard_normal((k,) + tuple(leaf.shape))
+    """k random unit directions (k,) + leaf.shape in leaf's dtype (normal, normalized);
+    key: a JAX key or a NumPy Generator."""
+    rng = key if isinstance(key, np.random.Generator) else key_rng(key)
+    v = rng.standard_normal((k,) + tuple(leaf.shape))
     v /= np.sqrt(np.sum(v ** 2, axis=tuple(range(1, v.ndim)), keepdims=True))
     return jnp.asarray(v, leaf.dtype)
 
