@@ -1,7 +1,10 @@
 """Seconds for a full three-way check_gradients (float64, train mode for the resnet's batch
 norm) of the two bigger models of issues 10 and 11, each in a fresh process, compilation
 included: every element of every leaf manual vs autodiff; numerically every coordinate of
-leaves up to 2048 elements and 4 random directions of bigger ones (samples="auto").
+small leaves and 4 random directions of bigger ones (samples="auto"): "small" is up to 2048
+elements for the transformer (the default), up to 256 for the resnet (project_above=256:
+its 1x1 shortcut kernels, stem and input would be ~4,000 coordinates x 2 forward passes of
+a 28x28 float64 resnet).
 
     python -m benchmarks.gradcheck_models            # both
     python -m benchmarks.gradcheck_models resnet     # or transformer
@@ -25,18 +28,18 @@ def run(which):
     rng = np.random.default_rng(0)
     if which == "resnet":
         model = fn.models.resnet(10, image_size=28, depth=8)
-        shape, train = (2, 28, 28, 1), True
+        shape, train, extra = (2, 28, 28, 1), True, {"project_above": 256}
         x = rng.standard_normal(shape)
         labels, loss = jnp.array([3, 7]), losses.softmax_cross_entropy
     else:
         model = fn.models.transformer(60, 16, 32, 4, 2)
-        shape, train = (2, 16), False
+        shape, train, extra = (2, 16), False, {}
         x = jnp.asarray(rng.integers(0, 60, shape), jnp.int32)
         labels, loss = None, None  # Σ logits ⊙ g: every output position carries gradient
     params, state = model.init(jax.random.PRNGKey(0), shape)
     t1 = time.perf_counter()
     report = fn.check_gradients(model, params, state, x, labels, loss, train=train,
-                                key=jax.random.PRNGKey(1) if train else None)
+                                key=jax.random.PRNGKey(1) if train else None, **extra)
     t2 = time.perf_counter()
     print(report)
     n = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(params))

@@ -16,10 +16,12 @@ import numpy as np
 __all__ = []
 
 _COPY_BUDGET = 1 << 18  # elements of perturbed copies per vmapped chunk
-# LLVM's optimization level 0 for the CPU backend: XLA's kernels (dot, convolution) are
-# library calls either way, and the check runs once, so compile time is what counts
-# (LeNet on digits: 1.9 s -> 1.2 s warm on 2 cores).
+# LLVM's optimization level 0 for the CPU backend when the program does little work
+# (LeNet on digits: compile + run 1.9 s -> 1.2 s on 2 cores): the check runs once, so there
+# compile time is what counts. Not for big ones: float64 convolutions are not Eigen calls
+# on XLA CPU but emitted loops, which -O0 leaves ~10x slower (a 28x28 resnet: minutes).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+QUICK_FLOPS = 2e9  # at most this many estimated flops: compile at -O0
 
 
 def _chunked(n_rows, size):
@@ -34,6 +36,11 @@ def _split(flat, like):
     return [part.reshape(a.shape) for part, a in zip(jnp.split(flat, sizes), like)]
 
 
+def step(eps, leaves):
+    """The finite-difference step the program takes: eps / 100 in float64."""
+    return eps / 100 if leaves and leaves[0].dtype == jnp.float64 else eps
+
+
 def fused_check(objective, exact, point, big, directions, eps):
     """Run the one program. objective(point) -> scalar loss; exact(point) -> (value, auto,
     manual) (traced inside); big: indices of the leaves checked along `directions`
@@ -43,6 +50,12 @@ def fused_check(objective, exact, point, big, directions, eps):
     (centred, forward, backward) of shape (D,) for the big ones (float64 NumPy)."""
     leaves, treedef = jax.tree_util.tree_flatten(point)
     small = [j for j in range(len(leaves)) if j not in big]
+    # A step in one direction (or in a batch-norm scale, a bias) moves many units of the
+    # layers after the leaf: with eps = 1e-5 a few ReLU inputs of a big layer cross zero
+    # inside the step (relative errors ~1e-4 on a 28x28 resnet, too small to be seen as a
+    # kink); a 100 times smaller step crosses 100 times fewer, and float64 round-off over
+    # 1e-7 (~1e-9 of the loss) stays far below the floor.
+    eps = d_eps = step(eps, leaves)
     n_small = sum(leaves[j].size for j in small)
     n_big = sum(leaves[j].size for j in big)
     # Coordinate rows: coordinate i with sign +1 then -1 (padded with copies of row 0).
@@ -61,7 +74,9 @@ def fused_check(objective, exact, point, big, directions, eps):
             full[big.index(j)] = d.ravel()
             block.append(np.concatenate(full))
     dirs = np.concatenate([np.asarray(block), -np.asarray(block)]) if block else np.zeros((0, n_big))
-    p_chunks, p_width = _chunked(len(dirs), n_big)
+    # One direction at a time: batching rows that each carry their own weights turns every
+    # convolution into a grouped one (slow on CPU); a row is one plain forward pass.
+    p_chunks, p_width = len(dirs), 1
     dirs = np.pad(dirs, ((0, p_chunks * p_width - len(dirs)), (0, 0)))
     dirs = dirs.reshape(p_chunks, p_width, n_big)
 
@@ -82,8 +97,8 @@ def fused_check(objective, exact, point, big, directions, eps):
 
             def coordinate(i, sign):
                 # ±ε·eᵢ as a masked vector: XLA fuses it into its consumer (no scatter).
-                step = jnp.where(jnp.arange(n_small) == i, sign * eps, 0).astype(s_flat.dtype)
-                return objective(rebuild(leaves, small, _split(s_flat + step, s_leaves)))
+                delta = jnp.where(jnp.arange(n_small) == i, sign * eps, 0).astype(s_flat.dtype)
+                return objective(rebuild(leaves, small, _split(s_flat + delta, s_leaves)))
 
             coords = jax.lax.map(lambda rs: jax.vmap(coordinate)(*rs), (rows, signs))
         along = jnp.zeros((0, 0), dtype)
@@ -91,13 +106,18 @@ def fused_check(objective, exact, point, big, directions, eps):
             b_flat = jnp.concatenate([a.ravel() for a in b_leaves])
 
             def direction(d):
-                moved = b_flat + eps * d.astype(b_flat.dtype)
+                moved = b_flat + d_eps * d.astype(b_flat.dtype)
                 return objective(rebuild(leaves, big, _split(moved, b_leaves)))
 
             along = jax.lax.map(jax.vmap(direction), dirs)
         return value, auto, manual, f0, coords, along
 
-    options = COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    options = None
+    if jax.default_backend() == "cpu":
+        cost = jax.jit(objective).lower(jax.tree_util.tree_unflatten(treedef, leaves)).cost_analysis()
+        flops = (cost or {}).get("flops", np.inf) if isinstance(cost, dict) else np.inf
+        if flops * (rows.size + len(dirs) + 4) <= QUICK_FLOPS:
+            options = COMPILER_OPTIONS
     value, auto, manual, f0, coords, along = jax.jit(program, compiler_options=options)(
         leaves, jnp.asarray(rows), jnp.asarray(signs), jnp.asarray(dirs))
     f0 = float(f0)
@@ -121,5 +141,5 @@ def fused_check(objective, exact, point, big, directions, eps):
         for b, j in enumerate(big):
             k = len(directions[j])
             p, m = plus[b * k:(b + 1) * k], minus[b * k:(b + 1) * k]
-            out_p[j] = ((p - m) / (2 * eps), (p - f0) / eps, (f0 - m) / eps)
+            out_p[j] = ((p - m) / (2 * d_eps), (p - f0) / d_eps, (f0 - m) / d_eps)
     return value, auto, manual, out_c, out_p
