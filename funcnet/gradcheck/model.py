@@ -117,7 +117,10 @@ def _check(model, params, state, x, labels, loss, train, key, tol, samples, dire
         big = [j for j, leaf in enumerate(leaves) if leaf.size > above]
         rng = np.random.default_rng([seed, 77]) if sample_key is None else key_rng(sample_key)
         vs = {j: random_directions(rng, leaves[j], directions) for j in big}
-        value, auto, man, coords, along = fused_check(objective, exact, point, big, vs, tol["eps"])
+        last = len(leaves) - 1 if diff_x else -1  # the input: batched, not a kernel
+        kernels = [j for j, leaf in enumerate(leaves) if leaf.ndim >= 3 and j != last]
+        value, auto, man, coords, along = fused_check(objective, exact, point, big, vs, tol["eps"],
+                                                      one_by_one=kernels)
         tol = dict(tol, eps=step(tol["eps"], leaves))  # the step it took
     else:
         value, auto, man = jax.jit(exact)(point)  # compiled: much faster than op by op
