@@ -137,8 +137,9 @@ def test_report_float64_rows_and_table():
     report = fn.check_gradients(model, params, state, x, y, losses.softmax_cross_entropy)
     assert not jax.config.jax_enable_x64
     assert report.ok
-    # float32 finite differences could not reach 1e-6: these are float64 numbers.
-    assert max(r.autodiff_vs_numerical for r in report.rows) < 1e-6
+    # float32 finite differences could not reach 1e-4 (~1e-2): these are float64 numbers
+    # (step 1e-7: round-off ~1e-6 relative on the smallest elements).
+    assert max(r.autodiff_vs_numerical for r in report.rows) < 1e-4
     assert [r.path for r in report.rows] == ["0:conv2d/b", "0:conv2d/w", "4:dense/b", "4:dense/w",
                                              "input"]
     assert report.rows[1].shape == (3, 3, 1, 2) and report.rows[-1].shape == (3, 4, 4, 1)
