@@ -181,3 +181,44 @@ def test_check_layer_names_the_failed_property():
                                                      dense.backward(p, c, dy)[1]))
     report = fn.check_layer(lazy, (2, 5), modes=(False,))
     assert [r.path for r in report.failures] == ["[eval] dense/w"]
+
+
+def test_without_float64_the_checks_run_in_float32_with_a_wider_floor(monkeypatch):
+    """Simulated backend without float64: no spurious failure, the report says so, and a
+    wrong rule is still caught."""
+    from funcnet.gradcheck import _precision
+    x, w = inputs()
+    exact = fn.check_vjp(tanh_affine, x, w)
+    monkeypatch.setattr(_precision, "float64_available", lambda: False)
+    report = fn.check_vjp(tanh_affine, x, w)
+    assert report.ok and report.tolerances["eps"] == 1e-3
+    assert report.tolerances["atol"] > 300 * exact.tolerances["atol"]  # cotangents redrawn in f32
+    assert report.rows[0].manual_vs_autodiff > 1e-5  # rule/numerical: float32 differences
+    assert "float64 unavailable: checked in float32, floor widened to" in str(report)
+    f = jax.custom_vjp(lambda x, w: jnp.tanh(x @ w))
+    f.defvjp(_fwd, lambda res, g: (_bwd(res, g)[0], 1.1 * _bwd(res, g)[1]))
+    assert not fn.check_vjp(f, x, w).ok
+    model = fn.serial(fn.dense(3), fn.tanh)
+    params, state = model.init(jax.random.PRNGKey(0), (2, 4))
+    good = fn.check_gradients(model, params, state, x[:2])
+    assert good.ok and "float64 unavailable" in good.notes[0]
+    wrong = model._replace(backward=lambda p, c, dy: jax.tree_util.tree_map(
+        lambda g: 1.1 * g, model.backward(p, c, dy)))
+    assert not fn.check_gradients(wrong, params, state, x[:2]).ok
+    assert not jax.config.jax_enable_x64
+
+
+def test_a_large_leaf_is_checked_along_random_directions():
+    """A 100x100 weight: projected check (4 random unit directions); small x element by
+    element. A transposed weight gradient (same shape) is caught; the right rule passes."""
+    x, w = jax.random.normal(jax.random.PRNGKey(3), (2, 100)), jnp.eye(100) / 2 + 0.01
+    report = fn.check_vjp(tanh_affine, x, w, reference=lambda x, w: jnp.tanh(x @ w))
+    assert report.ok and [r.path for r in report.rows] == ["arg0", "arg1 projected (4 directions)"]
+    assert report.rows[1].shape == (100, 100) and report.rows[1].manual_vs_autodiff < 1e-6
+    f = jax.custom_vjp(lambda x, w: jnp.tanh(x @ w))
+    f.defvjp(_fwd, lambda res, g: (_bwd(res, g)[0], _bwd(res, g)[1].T))
+    bad = fn.check_vjp(f, x, w)
+    assert [r.path for r in bad.failures] == ["arg1 projected (4 directions)"]
+    assert "arg1 projected (4 directions): FAIL at direction (" in str(bad)
+    sampled = fn.check_vjp(f, x, w, samples=64)  # coordinate sampling stays available
+    assert not sampled.ok and sampled.rows[1].path == "arg1"

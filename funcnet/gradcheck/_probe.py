@@ -73,7 +73,8 @@ def coordinates(leaves, samples, key):
         if samples is None or leaf.size <= samples:
             out.append(np.arange(leaf.size))
         else:
-            out.append(np.sort(np.asarray(jax.random.choice(k, leaf.size, (samples,), replace=False))))
+            rng = np.random.default_rng(np.asarray(jax.random.key_data(k)).ravel().tolist())
+            out.append(np.sort(rng.choice(leaf.size, samples, replace=False)))
     return out
 
 
@@ -96,9 +97,10 @@ def differences(g, leaves, picked, eps):
 
     width = max(1, min(512, (1 << 20) // max(flat.size, 1)))
     parts = [jax.vmap(one)(jnp.asarray(idx[s:s + width])) for s in range(0, idx.size, width)]
-    plus = jnp.concatenate([p for p, _ in parts])
-    minus = jnp.concatenate([m for _, m in parts])
     mid = g(unflat(flat))
+    empty = jnp.zeros((0,) + jnp.shape(mid), mid.dtype)  # every leaf projected: none here
+    plus = jnp.concatenate([p for p, _ in parts]) if parts else empty
+    minus = jnp.concatenate([m for _, m in parts]) if parts else empty
     plus, minus, mid = (np.asarray(a, np.float64) for a in (plus, minus, mid))
     results = []
     for (c, fw, bw) in zip(*[_scatter(v, idx, offsets, leaves) for v in

@@ -1,89 +1,211 @@
 """check_gradients: a model's hand-derived backward vs jax.grad vs finite differences."""
 from __future__ import annotations
 
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..core import FuncnetError, Layer, param_paths
+from . import _precision
 from .localize import localize
-from .numerical import numerical_grad
+from .fused import fused_check, step
+from .numerical import key_rng, numerical_grad, random_directions
 from ._probe import kink_mask
-from .report import GradientReport, _excess, _to64, leaf_row
+from .report import GradientReport, _excess, combined_row, leaf_row
 
 __all__ = ["check_gradients"]
+
+# Leaves above this many elements are differenced along random directions when
+# samples="auto" (every element is still compared manual vs autodiff).
+PROJECT_ABOVE = 2048
 
 
 def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, train=False,
                     key=None, eps=1e-5, rtol=1e-6, manual_rtol=1e-8, atol=None,
-                    samples: Optional[int] = None, sample_key=None, seed=0, chunk: int = 256,
-                    raise_on_failure=False) -> GradientReport:
+                    samples: int | str | None = "auto", directions: int = 4,
+                    sample_key=None, seed=0, chunk: int = 256, avoid_kinks=False,
+                    project_above: int = PROJECT_ABOVE, raise_on_failure=False) -> GradientReport:
     """Compare the hand-derived gradients (`model.backward`), `jax.grad` and centred
     finite differences of loss(model(x), labels), for every parameter leaf and the input.
 
     Runs in float64 whatever the caller's setting (params, state and x are cast; the
-    setting is restored after). With `loss=None` the objective is Σ y ⊙ g for a fixed,
-    random, non-uniform upstream gradient g. Dropout masks are fixed by `key`. An element
-    passes when |a − b| <= tol · (|a| + |b|) + atol, with tol = `manual_rtol` for
+    setting is restored after); where float64 is unavailable, in float32 with widened
+    tolerances, and the report says so. With `loss=None` the objective is Σ y ⊙ g for a
+    fixed, random, non-uniform upstream gradient g. Dropout masks are fixed by `key`. An
+    element passes when |a − b| <= tol · (|a| + |b|) + atol, with tol = `manual_rtol` for
     manual/autodiff and `rtol` for autodiff/numerical; atol (default 1e-6 · max(1, |loss|))
     is the finite-difference noise floor, so gradients that are zero in truth pass.
-    `samples=k` checks only k random coordinates per leaf numerically (big models);
-    `chunk` is numerical_grad's: leaves that fit in it together share one compiled program.
+
+    Manual vs autodiff is always element by element. Numerically: samples="auto" differences
+    every coordinate of leaves up to `project_above` (2048) elements and checks bigger ones
+    along `directions`
+    random unit directions v (⟨autodiff, v⟩ vs (L(x + εv) − L(x − εv)) / 2ε: the projected
+    check, as torch's fast mode; rows say "projected (k directions)"); `samples=k` differences
+    k random coordinates per leaf instead; None every coordinate. `chunk` is
+    numerical_grad's. Integer x (token ids) is a constant: no input row. The "auto" check is
+    one compiled program and steps eps / 100 in float64 (fewer ReLU crossings in big nets).
+
+    Elements at a kink (one-sided differences disagree) are counted, not failed;
+    `avoid_kinks=True` instead re-draws params and float inputs with small noise (up to 3
+    times) until none is at a kink; whole-number inputs (an embedding's ids) stay as they are.
     """
     with jax.enable_x64(True):
-        params, state, x = _to64(params), _to64(state), _to64(x)
-        labels = None if labels is None else _to64(labels)
-        if loss is None:
-            y0 = model.apply(params, state, x, train=train, key=key)[0]
-            g = jax.random.normal(jax.random.PRNGKey(seed), y0.shape, jnp.float64)
-            loss_fn, dloss = (lambda y, t: jnp.sum(y * g)), (lambda y, t: g)
-        else:
-            loss_fn = loss
-            dloss = getattr(loss, "grad", None) or jax.grad(loss)
-
-        def objective(p, xx):
-            return loss_fn(model.apply(p, state, xx, train=train, key=key)[0], labels)
-
-        @jax.jit  # compiled: much faster than op-by-op dispatch, even for one call
-        def exact(p, xx):
-            value, auto = jax.value_and_grad(objective, argnums=(0, 1))(p, xx)
-            y, _, cache = model.forward(p, state, xx, train=train, key=key)
-            return value, auto, model.backward(p, cache, dloss(y, labels))
-
-        value, (auto_p, auto_x), (man_p, man_x) = exact(params, x)
-        value = float(value)
-        if jax.tree_util.tree_structure(man_p) != jax.tree_util.tree_structure(auto_p):
-            raise FuncnetError(f"check_gradients: the model's backward returned parameter gradients "
-                               f"of structure {jax.tree_util.tree_structure(man_p)}, but the "
-                               f"params have {jax.tree_util.tree_structure(auto_p)}")
-        # One call for params and input together: small leaves share one compilation.
-        num_p, num_x = numerical_grad(lambda px: objective(*px), (params, x), eps,
-                                      samples=samples, key=sample_key, chunk=chunk)
-        floor = 1e-6 * max(1.0, abs(value)) if atol is None else atol
-        m_floor = floor * 1e-3  # manual and autodiff differ only by float64 round-off
-        rows = []
-        kinks = iter(_kink_masks(objective, (params, x), (man_p, man_x), (auto_p, auto_x),
-                                 (num_p, num_x), eps, (manual_rtol, rtol), (m_floor, floor)))
-        named = zip(param_paths(model, man_p), jax.tree_util.tree_leaves(auto_p),
-                    jax.tree_util.tree_leaves(num_p))
-        for (path, m), a, n in list(named) + [(("input", man_x), auto_x, num_x)]:
-            m, a, n = (np.asarray(v, np.float64) for v in (m, a, n))
-            if m.shape != a.shape:
-                raise FuncnetError(f"check_gradients: backward gave {path} a gradient of shape "
-                                   f"{m.shape}, expected {a.shape}")
-            rows.append(leaf_row(path, [("manual", m), ("autodiff", a), ("numerical", n)],
-                                 [(0, 1, manual_rtol, m_floor), (1, 2, rtol, floor)],
-                                 next(kinks)))
-        notes = []
-        if not all(r.ok for r in rows):
-            notes.append(_blame(model, params, state, x, train, key, seed))
-    report = GradientReport(rows, value, {"rtol": rtol, "manual_rtol": manual_rtol, "atol": floor},
-                            notes)
+        prec = _precision.working_precision()
+        tol = dict(eps=max(eps, prec.min_eps), rtol=max(rtol, prec.min_rtol),
+                   manual_rtol=max(manual_rtol, prec.min_rtol * 1e-2), atol=atol)
+        params, state, x = (_precision.cast(t, prec.dtype) for t in (params, state, x))
+        labels = None if labels is None else _precision.cast(labels, prec.dtype)
+        base = jax.random.PRNGKey(seed)
+        for attempt in range(4 if avoid_kinks else 1):
+            report = _check(model, params, state, x, labels, loss, train, key, tol, samples,
+                            (directions, project_above), sample_key, seed, chunk, prec)
+            if not report.kinks:
+                break
+            params, x = _redraw(params, x, jax.random.fold_in(base, 1000 + attempt))
     if raise_on_failure:
         report.raise_if_failed()
     return report
+
+
+def _redraw(params, x, key):
+    """params and x plus N(0, 1e-3²) noise (avoid_kinks). x is left alone when it holds ids:
+    an integer dtype, or floats that are all whole numbers (embedding inputs)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves) + 1)
+    moved = [leaf + 1e-3 * jax.random.normal(k, leaf.shape, leaf.dtype)
+             if jnp.issubdtype(leaf.dtype, jnp.inexact) else leaf for k, leaf in zip(keys, leaves)]
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(x == jnp.round(x))):
+        x = x + 1e-3 * jax.random.normal(keys[-1], x.shape, x.dtype)
+    return jax.tree_util.tree_unflatten(treedef, moved), x
+
+
+def _loss_parts(model, params, state, x, labels, loss, train, key, seed, dtype):
+    """(loss_fn(y, labels), dloss(y, labels)): the given loss, or Σ y ⊙ g."""
+    if loss is not None:
+        return loss, getattr(loss, "grad", None) or jax.grad(loss)
+    y0 = jax.eval_shape(lambda: model.apply(params, state, x, train=train, key=key)[0])
+    g = jax.random.normal(jax.random.PRNGKey(seed), y0.shape, dtype)
+    return (lambda y, t: jnp.sum(y * g)), (lambda y, t: g)
+
+
+def _check(model, params, state, x, labels, loss, train, key, tol, samples, directions,
+           sample_key, seed, chunk, prec):
+    """One pass of check_gradients at (params, x): the report."""
+    diff_x = jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)  # integer ids: a constant
+    loss_fn, dloss = _loss_parts(model, params, state, x, labels, loss, train, key, seed,
+                                 prec.dtype)
+
+    def objective(point):
+        xx = point[1] if diff_x else x
+        return loss_fn(model.apply(point[0], state, xx, train=train, key=key)[0], labels)
+
+    point = (params, x) if diff_x else (params,)
+
+    def exact(point):
+        value, auto = jax.value_and_grad(objective)(point)
+        y, _, cache = model.forward(point[0], state, point[1] if diff_x else x, train=train,
+                                    key=key)
+        man_p, man_x = model.backward(point[0], cache, dloss(y, labels))
+        return value, auto, (man_p, man_x) if diff_x else (man_p,)
+
+    leaves, treedef = jax.tree_util.tree_flatten(point)
+    directions, above = directions
+    big, vs, coords, along = [], {}, None, {}
+    if samples == "auto":  # one compiled program for everything
+        big = [j for j, leaf in enumerate(leaves) if leaf.size > above]
+        rng = np.random.default_rng([seed, 77]) if sample_key is None else key_rng(sample_key)
+        vs = {j: random_directions(rng, leaves[j], directions) for j in big}
+        last = len(leaves) - 1 if diff_x else -1  # the input: batched, not a kernel
+        kernels = [j for j, leaf in enumerate(leaves) if leaf.ndim >= 3 and j != last]
+        value, auto, man, coords, along = fused_check(objective, exact, point, big, vs, tol["eps"],
+                                                      one_by_one=kernels)
+        tol = dict(tol, eps=step(tol["eps"], leaves))  # the step it took
+    else:
+        value, auto, man = jax.jit(exact)(point)  # compiled: much faster than op by op
+    value = float(value)
+    if jax.tree_util.tree_structure(man[0]) != jax.tree_util.tree_structure(auto[0]):
+        raise FuncnetError(f"check_gradients: the model's backward returned parameter gradients "
+                           f"of structure {jax.tree_util.tree_structure(man[0])}, but the "
+                           f"params have {jax.tree_util.tree_structure(auto[0])}")
+    floor = 1e-6 * prec.widen * max(1.0, abs(value)) if tol["atol"] is None else tol["atol"]
+    floors = (floor * 1e-3 * (1 if prec.f64 else 10), floor)  # manual/autodiff: round-off only
+    rtols = (tol["manual_rtol"], tol["rtol"])
+    paths = [path for path, _ in param_paths(model, man[0])] + (["input"] if diff_x else [])
+    m_leaves, a_leaves = jax.tree_util.tree_leaves(man), jax.tree_util.tree_leaves(auto)
+    for path, m, a in zip(paths, m_leaves, a_leaves):
+        if np.shape(m) != np.shape(a):
+            raise FuncnetError(f"check_gradients: backward gave {path} a gradient of shape "
+                               f"{np.shape(m)}, expected {np.shape(a)}")
+    if coords is None:
+        num = _coordinate_part(objective, leaves, treedef, [], tol["eps"], samples, sample_key,
+                               chunk)
+        kinks = _kink_masks(objective, leaves, treedef, m_leaves, a_leaves, num, tol["eps"],
+                            rtols, floors)
+    else:
+        num = [coords[j][0] if j in coords else np.full(leaf.shape, np.nan)
+               for j, leaf in enumerate(leaves)]
+        kinks = [_kinks_seen(m, a, n, coords.get(j), rtols, floors)
+                 for j, (m, a, n) in enumerate(zip(m_leaves, a_leaves, num))]
+    rows = []
+    for j, (path, m, a, n) in enumerate(zip(paths, m_leaves, a_leaves, num)):
+        named = [("manual", m), ("autodiff", a), ("numerical", n)]
+        if j in along:
+            full = leaf_row(path, named[:2], [(0, 1, rtols[0], floors[0])], kinks[j])
+            rows.append(combined_row(f"{path} projected ({directions} directions)", np.shape(a),
+                                     full, _projected_row(a, vs[j], along[j], rtols[1], floors[1])))
+        else:
+            rows.append(leaf_row(path, named, [(0, 1, rtols[0], floors[0]),
+                                               (1, 2, rtols[1], floors[1])], kinks[j]))
+    notes = prec.note(floor, tol["eps"], tol["rtol"])
+    if not diff_x:
+        notes.append(f"input: constant ({jnp.asarray(x).dtype} ids), not differentiated")
+    if not all(r.ok for r in rows):
+        notes.append(_blame(model, params, state, x, train, key, seed))
+    return GradientReport(rows, value, {"rtol": tol["rtol"], "manual_rtol": tol["manual_rtol"],
+                                        "atol": floor, "eps": tol["eps"]}, notes)
+
+
+def _kinks_seen(m, a, n, diffs, rtols, floors, limit=16):
+    """Elements at a kink, from the one-sided differences the program already computed:
+    those failing a comparison whose forward and backward differences disagree (none when
+    more than `limit` fail: that is a wrong formula, not a few kinks)."""
+    m, a, n = (np.asarray(v, np.float64) for v in (m, a, n))
+    failing = (_excess(m, a, rtols[0], floors[0]) > 0) | (_excess(a, n, rtols[1], floors[1]) > 0)
+    if diffs is None or failing.sum() > limit:
+        return np.zeros(a.shape, bool)
+    return failing & kink_mask(diffs[1], diffs[2], floors[1])
+
+
+def _projected_row(auto, vs, diffs, rtol, floor):
+    """⟨autodiff, v⟩ vs the differences along v, directions at a kink excused."""
+    num, fw, bw = diffs
+    dots = np.tensordot(np.asarray(vs, np.float64), np.asarray(auto, np.float64),
+                        axes=np.ndim(auto))
+    return leaf_row("", [("autodiff·v", dots), ("numerical", num)], [(0, 1, rtol, floor)],
+                    kink_mask(fw, bw, floor), where="direction")
+
+
+def _coordinate_part(objective, leaves, treedef, big, eps, samples, sample_key, chunk):
+    """Centred differences of every leaf not in `big` (all or `samples` coordinates);
+    NaN-filled arrays for the big ones. One call of numerical_grad: small leaves share one
+    compiled program; big leaves ride as args."""
+    small = [j for j in range(len(leaves)) if j not in big]
+
+    def f(parts, rest):
+        full = list(rest)
+        for j, leaf in zip(small, parts):
+            full[j] = leaf
+        return objective(jax.tree_util.tree_unflatten(treedef, full))
+
+    rest = [jnp.zeros((0,), leaf.dtype) if j in small else leaf for j, leaf in enumerate(leaves)]
+    got = numerical_grad(f, [leaves[j] for j in small], eps, args=(rest,), samples=samples,
+                         key=sample_key, chunk=chunk) if small else []
+    out = [np.full(leaf.shape, np.nan) for leaf in leaves]
+    for j, g in zip(small, got):
+        out[j] = np.asarray(g, np.float64)
+    return out
 
 
 def _blame(model, params, state, x, train, key, seed):
@@ -96,21 +218,16 @@ def _blame(model, params, state, x, train, key, seed):
                      "fault is in how they are composed (a serial's or combinator's backward)")
 
 
-def _kink_masks(objective, point, man, auto, num, eps, rtols, floors, limit=16):
-    """Per leaf of point = (params, x), a mask of the elements at a kink: among those where
-    the check fails (when at most `limit` in the leaf do), the ones whose
-    one-sided differences (f(x + εe) − f(x)) / ε and (f(x) − f(x − εe)) / ε disagree too.
+def _kink_masks(objective, leaves, treedef, man, auto, num, eps, rtols, floors, limit=16):
+    """Per leaf, a mask of the elements at a kink: among those where the check fails (when
+    at most `limit` in the leaf do), the ones whose one-sided differences
+    (f(x + εe) − f(x)) / ε and (f(x) − f(x − εe)) / ε disagree too.
     Only disagreeing elements are probed, so a passing check costs nothing more."""
-    leaves, treedef = jax.tree_util.tree_flatten(point)
-    compiled = jax.jit(lambda ls: objective(*jax.tree_util.tree_unflatten(treedef, ls)))
+    compiled = jax.jit(lambda ls: objective(jax.tree_util.tree_unflatten(treedef, ls)))
     at = lambda ls: float(compiled(ls))  # noqa: E731 -- one compilation, only if probed
     masks, f0 = [], None
-    trees = [jax.tree_util.tree_leaves(t) for t in (man, auto, num)]
-    for j, (m, a, n) in enumerate(zip(*trees)):
+    for j, (m, a, n) in enumerate(zip(man, auto, num)):
         m, a, n = (np.asarray(v, np.float64) for v in (m, a, n))
-        if m.shape != a.shape:
-            masks.append(None)
-            continue
         mask = np.zeros(a.shape, bool)
         failing = (_excess(m, a, rtols[0], floors[0]) > 0) | (_excess(a, n, rtols[1], floors[1]) > 0)
         # More failing elements than `limit` is a wrong formula, not a few kinks: not probed.

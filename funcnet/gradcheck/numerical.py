@@ -18,7 +18,8 @@ from jax.flatten_util import ravel_pytree
 
 from ..errors import FuncnetError
 
-__all__ = ["numerical_grad", "rel_error", "directional_check"]
+__all__ = ["numerical_grad", "rel_error", "directional_check", "projected_differences",
+           "random_directions"]
 
 
 def rel_error(a, b) -> float:
@@ -159,3 +160,50 @@ def directional_check(f, x, *, key, eps=1e-5, args=()):
     fd = (f(unravel(flat + eps * v), *args) - f(unravel(flat - eps * v), *args)) / (2 * eps)
     _, exact = jax.jvp(lambda t: f(unravel(t), *args), (flat,), (v,))
     return float(fd), float(exact)
+
+
+def key_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key: drawing with it compiles nothing (a jax.random
+    draw compiles a program per shape, ~1 s on a loaded machine: more than a check of a
+    small function takes)."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def random_directions(key, leaf, k):
+    """k random unit directions (k,) + leaf.shape in leaf's dtype (normal, normalized);
+    key: a JAX key or a NumPy Generator."""
+    rng = key if isinstance(key, np.random.Generator) else key_rng(key)
+    v = rng.standard_normal((k,) + tuple(leaf.shape))
+    v /= np.sqrt(np.sum(v ** 2, axis=tuple(range(1, v.ndim)), keepdims=True))
+    return jnp.asarray(v, leaf.dtype)
+
+
+def projected_differences(f, leaves, which, directions, eps, *, args=(), compile=True):
+    """The projected check's numerical side (torch gradcheck's fast mode): for f(leaves,
+    *args) -> an array (a scalar, or a vector of scalars ⟨cᵏ, ·⟩), per leaf j in `which`
+    and each of its unit directions v (directions[j]: (D,) + shape), the centred difference
+    (f(x + εv) − f(x − εv)) / 2ε and the one-sided ones (f(x ± εv) − f(x)) / ±ε, as float64
+    NumPy arrays (D,) + f's shape: [(centred, forward, backward)] in `which`'s order.
+    Every leaf's directions run vmapped, all in one program (`compile=True`) or dispatched
+    op by op (a user's function that changes every call: compiling would cost more)."""
+    leaves = list(leaves)
+    which = list(which)
+
+    def run(leaves, vs, args):
+        out = []
+        for j, v in zip(which, vs):
+            def at(step, j=j):
+                moved = list(leaves)
+                moved[j] = leaves[j] + step
+                return f(moved, *args)
+            out.append((jax.vmap(lambda t: at(eps * t))(v), jax.vmap(lambda t: at(-eps * t))(v)))
+        return out, f(leaves, *args)
+
+    vs = [directions[j] for j in which]
+    pairs, mid = (jax.jit(run) if compile else run)(leaves, vs, tuple(args))
+    mid = np.asarray(mid, np.float64)
+    result = []
+    for plus, minus in pairs:
+        plus, minus = np.asarray(plus, np.float64), np.asarray(minus, np.float64)
+        result.append(((plus - minus) / (2 * eps), (plus - mid) / eps, (mid - minus) / eps))
+    return result

@@ -30,13 +30,14 @@ class GradientRow:
     worst_index: Optional[tuple] = None
     worst_values: dict = field(default_factory=dict)
     kinks: int = 0
+    where: str = "element"  # "direction" when the worst is a projection (projected rows)
 
     def describe(self) -> str:
         """'at element (0, 3): manual 0.25, autodiff 1.0'."""
         if self.worst_index is None:
             return ""
         values = ", ".join(f"{k} {v:.6g}" for k, v in self.worst_values.items())
-        return f"at element {tuple(int(i) for i in self.worst_index)}: {values}"
+        return f"at {self.where} {tuple(int(i) for i in self.worst_index)}: {values}"
 
 
 @dataclass
@@ -123,7 +124,21 @@ def _to64(tree):
         else a, tree)
 
 
-def leaf_row(path, named, comparisons, kinks=None) -> GradientRow:
+def combined_row(path, shape, first: Optional[GradientRow], second: Optional[GradientRow]):
+    """One row from two partial ones: `first` gives the table's first column, `second` the
+    second (each from its own first comparison). A projected leaf is compared element by
+    element on one side and along random directions on the other; the row names the
+    worst element or direction of whichever part fails (the first, if both)."""
+    parts = [r for r in (first, second) if r is not None]
+    pick = next((r for r in parts if not r.ok), parts[0])
+    return GradientRow(path, tuple(shape), first.manual_vs_autodiff if first else 0.0,
+                       second.manual_vs_autodiff if second else 0.0,
+                       max(r.max_abs_diff for r in parts), all(r.ok for r in parts),
+                       pick.worst_index, pick.worst_values, sum(r.kinks for r in parts),
+                       pick.where)
+
+
+def leaf_row(path, named, comparisons, kinks=None, where="element") -> GradientRow:
     """The row of one leaf. `named`: [(source name, gradient array)], all one shape;
     `comparisons`: [(i, j, rtol, atol)] pairs of indices into `named` (one or two; the
     table's two columns). `kinks`: a boolean mask of elements at a kink, excused from every
@@ -147,4 +162,4 @@ def leaf_row(path, named, comparisons, kinks=None) -> GradientRow:
     errors = (errors + [0.0])[:2]
     biggest = max((float(d.max()) for d in diffs if d.size), default=0.0)
     return GradientRow(path, shape, errors[0], errors[1], biggest, ok, index, values,
-                       int(skip.sum()))
+                       int(skip.sum()), where)

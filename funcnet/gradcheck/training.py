@@ -43,12 +43,12 @@ def check_training_gradients(model, params, state, x, labels, *, seed=0, samples
                              loss=losses.softmax_cross_entropy, raise_on_failure=False):
     """check_gradients (float64) of `loss` on the examples (x, labels) in training mode
     (dropout masks fixed, batch norm on the batch), after nudge_off_kinks, with the model's
-    forward and backward jit-compiled and samples chosen by choose_samples. Every
-    coordinate is still compared manual vs autodiff. All leaves are differenced in one
-    block: one compiled program, not one per big leaf (compiling dominated the time)."""
+    forward and backward jit-compiled. Every element of every leaf is compared manual vs
+    autodiff; numerically, samples="auto" differences every coordinate of leaves up to 256
+    elements and checks bigger ones along 4 random directions, all in one compiled program
+    (compiling dominated the time); an int or None is check_gradients' `samples`."""
     params, x = nudge_off_kinks(params, x, seed)
     return check_gradients(jitted(model), params, state, x, labels, loss, train=True,
-                           key=jax.random.PRNGKey(seed + 1),
-                           samples=choose_samples(params, x, samples),
+                           key=jax.random.PRNGKey(seed + 1), samples=samples, project_above=256,
                            sample_key=jax.random.PRNGKey(seed + 2), chunk=1 << 20,
                            raise_on_failure=raise_on_failure)
