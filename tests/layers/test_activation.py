@@ -29,8 +29,11 @@ REFERENCES = {
 LAYERS = {"relu": fn.relu, "sigmoid": fn.sigmoid, "tanh": fn.tanh, "sign": fn.sign,
           "identity": fn.identity, "softmax": fn.softmax, "log_softmax": fn.log_softmax}
 
+# No subnormals: XLA:CPU flushes them to zero (sign(5e-324) is 0 there, 1 in NumPy); the
+# smallest normal numbers (±1e-300) stay in.
 arrays = hnp.arrays(np.float64, st.sampled_from([(3, 4), (2, 3, 5), (2, 2, 2, 3)]),
-                    elements=st.floats(-50, 50) | st.sampled_from([0.0, -0.0, 1e-300, -1e-300]))
+                    elements=st.floats(-50, 50, allow_subnormal=False)
+                    | st.sampled_from([0.0, -0.0, 1e-300, -1e-300]))
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
