@@ -15,6 +15,19 @@ from ..ops import correlate, out_size, pad_amounts, rot180
 __all__ = ["conv2d"]
 
 
+def kernel_params(key, input_shape, dtype, name, output_shape, kernel, out_channels, w_init,
+                  b_init):
+    """The (params, state) of an NHWC convolution-like layer (conv2d, conv_transpose2d):
+    {"w": (kh, kw, c_in, c_out), "b": (c_out,)}, after checking input_shape with the layer's
+    own output_shape."""
+    input_shape = nonempty_shape(input_shape, name)
+    output_shape(input_shape)
+    kw, kb = jax.random.split(key)
+    dtype = float_dtype(dtype)
+    w = w_init(kw, tuple(kernel) + (input_shape[3], out_channels), dtype)
+    return {"w": w, "b": b_init(kb, (out_channels,), dtype)}, {}
+
+
 def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xavier,
            b_init=zeros) -> Layer:
     """Convolution with params {"w": (kh, kw, c_in, out_channels), "b": (out_channels,)}.
@@ -43,12 +56,8 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xav
                 out_channels)
 
     def init(key, input_shape, dtype=None):
-        input_shape = nonempty_shape(input_shape, "conv2d")
-        output_shape(input_shape)
-        kw, kb = jax.random.split(key)
-        dtype = float_dtype(dtype)
-        w = w_init(kw, kernel + (input_shape[3], out_channels), dtype)
-        return {"w": w, "b": b_init(kb, (out_channels,), dtype)}, {}
+        return kernel_params(key, input_shape, dtype, "conv2d", output_shape, kernel,
+                             out_channels, w_init, b_init)
 
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))

@@ -11,12 +11,12 @@ so the output is (H − 1)·s + kh − (p_top + p_bottom) high. This is exactly
 "SAME" conv2d of stride s on an input H·s high: it crops max(k − s, 0), the extra row at the
 bottom, and pads zeros at the bottom when k < s).
 """
-import jax
 
-from .._validate import as_int, check, float_dtype, positive_pair
+from .._validate import as_int, check, positive_pair
 from ..core import Layer
 from ..initializers import _resolve, xavier, zeros
 from ..ops import correlate, pad_amounts, rot180
+from .conv import kernel_params
 
 
 def _crops(padding, kernel, strides):
@@ -53,11 +53,8 @@ def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding="VALID", 
         return (shape[0], out[0], out[1], out_channels)
 
     def init(key, input_shape, dtype=None):
-        output_shape(tuple(input_shape))
-        kw, kb = jax.random.split(key)
-        dtype = float_dtype(dtype)
-        w = w_init(kw, kernel + (input_shape[3], out_channels), dtype)
-        return {"w": w, "b": b_init(kb, (out_channels,), dtype)}, {}
+        return kernel_params(key, input_shape, dtype, "conv_transpose2d", output_shape, kernel,
+                             out_channels, w_init, b_init)
 
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))
