@@ -161,11 +161,6 @@ def _init(model, optimizer, input_shape, seed: int):
     return train.init_train_state(model, optimizer, input_shape, jax.random.PRNGKey(seed))
 
 
-def _compiled(model):
-    from .backprop import jitted
-    return jitted(model)
-
-
 def gradient_check(model, params, state, x, y, *, seed: int = 0, samples="auto"):
     """The pre-training check: fn.gradcheck.check_training_gradients (float64, softmax
     cross-entropy, train mode, inputs nudged off kinks, sampled when big)."""

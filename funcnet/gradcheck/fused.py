@@ -16,12 +16,6 @@ import numpy as np
 __all__ = []
 
 _COPY_BUDGET = 1 << 16  # elements of perturbed copies per vmapped chunk
-# LLVM's optimization level 0 for the CPU backend when the program does little work. Off
-# (QUICK_FLOPS = 0): with funcnet's XLA flags (YNNPACK fusions off) XLA's own float64
-# convolution loops at -O0 made LeNet's check slower, not faster (2.5 -> 4.5 s cold);
-# without those flags it gained ~1 s. Kept as a switch for measurements.
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-QUICK_FLOPS = 0  # at most this many estimated flops: compile at -O0
 
 
 def _chunked(n_rows, size):
@@ -121,13 +115,9 @@ def fused_check(objective, exact, point, big, directions, eps, one_by_one=()):
         return value, auto, manual, f0, coords, along
 
     dtype = leaves[0].dtype if leaves else jnp.float64
-    options = None
-    if jax.default_backend() == "cpu" and QUICK_FLOPS > 0:
-        cost = jax.jit(objective).lower(jax.tree_util.tree_unflatten(treedef, leaves)).cost_analysis()
-        flops = (cost or {}).get("flops", np.inf) if isinstance(cost, dict) else np.inf
-        if flops * (rows.size + s_idx.size + 4) <= QUICK_FLOPS:
-            options = COMPILER_OPTIONS
-    value, auto, manual, f0, coords, along = jax.jit(program, compiler_options=options)(
+    # (LLVM -O0 for this program was measured and rejected: benchmarks/RESULTS.md,
+    # "Gradient checking (#12)".)
+    value, auto, manual, f0, coords, along = jax.jit(program)(
         leaves, jnp.asarray(rows), jnp.asarray(signs), jnp.asarray(table), jnp.asarray(s_idx),
         jnp.asarray(s_sign), jnp.asarray(s_coord))
     f0 = float(f0)
