@@ -29,9 +29,9 @@ __all__ = ["gaussian", "lecun_normal", "glorot_normal", "glorot_uniform", "he_no
            "lecun", "he", "zeros", "ones", "fan_in", "fan_out"]
 
 
-def _normal(key, shape, dtype):
-    """jax.random.normal(key, shape), drawn flat (see funcnet/_random.py: faster to compile)."""
-    return _random.normal(key, shape, dtype)
+def _normal(key, shape, dtype, scale):
+    """scale * jax.random.normal(key, shape), drawn flat (funcnet/_random.py: faster to compile)."""
+    return _random.normal(key, shape, dtype, scale)
 
 
 def _check_shape(shape, name):
@@ -57,7 +57,7 @@ def gaussian(std: float):
 
     def init(key, shape, dtype=jnp.float32):
         _check_shape(shape, init.__name__)
-        return std * _normal(key, shape, dtype)
+        return _normal(key, shape, dtype, std)
 
     init.__name__ = f"gaussian({std})"
     return init
@@ -71,7 +71,7 @@ def _variance_scaled(name: str, variance, doc: str, uniform: bool = False):
         if uniform:
             limit = math.sqrt(3.0 * variance(shape))
             return _random.uniform(key, shape, dtype, -limit, limit)
-        return math.sqrt(variance(shape)) * _normal(key, shape, dtype)
+        return _normal(key, shape, dtype, math.sqrt(variance(shape)))
 
     init.__name__, init.__doc__ = name, doc
     return init
