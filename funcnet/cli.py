@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 
 # Defaults per optimizer: learning rates that train every built-in model well.
@@ -174,9 +175,31 @@ def _build(model_name, x, y):
     return models.build(model_name, (1,) + x.shape[1:], int(np.max(y)) + 1)
 
 
-def _plot(history, path) -> bool:
+def _warm_plotting():
+    """Import matplotlib's Agg canvas and load its font in a background thread (~1 s that
+    otherwise follows training), while the main thread waits on XLA, which releases the GIL:
+    compiling on a first run, computing on every run. `_plot` joins it."""
+    def work():
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+            fig = Figure(figsize=(1, 1))
+            FigureCanvasAgg(fig)
+            fig.text(0.5, 0.5, "0.1")
+            fig.canvas.draw()
+        except Exception:  # noqa: BLE001 - a warm-up only; _plot reports what is wrong
+            pass
+
+    thread = threading.Thread(target=work, name="funcnet-plot-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
+def _plot(history, path, warmup=None) -> bool:
     """history.png: loss (train, val) and accuracy (train, val) per epoch. False (and a
     message) when matplotlib is missing."""
+    if warmup is not None:
+        warmup.join()
     try:  # a Figure on the Agg canvas, without pyplot: its import alone was ~0.4 s a run
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -284,6 +307,8 @@ def cmd_train(args) -> int:
     if args.verbose:
         print(summary(model, (args.batch_size,) + x.shape[1:]))
 
+    writer = not multi or jax.process_index() == 0  # process 0 writes the run's files
+    warmup = _warm_plotting() if writer else None
     # One initialization serves the gradient check and training.
     ts = _init(model, optimizer, (args.batch_size,) + x.shape[1:], args.seed)
     check = None
@@ -318,12 +343,12 @@ def cmd_train(args) -> int:
     record = {"config": {k: v for k, v in vars(args).items() if k != "func"} | {"lr": lr},
               "test": test, "gradient_check": check, "seconds": seconds,
               "history": [dict(r) for r in history]}
-    if multi and jax.process_index() != 0:  # process 0 writes the run's files
+    if not writer:
         print(f"process {jax.process_index()}: done; process 0 writes {out}/")
         return 0
     with open(os.path.join(out, "history.json"), "w") as f:
         json.dump(record, f, indent=1)
-    plotted = _plot(history, os.path.join(out, "history.png"))
+    plotted = _plot(history, os.path.join(out, "history.png"), warmup)
     ckpt = sorted(os.listdir(os.path.join(out, "checkpoints")))[-1]
     print(f"wrote {out}/: checkpoints/{ckpt}, history.json" + (", history.png" if plotted else ""))
     return 0

@@ -333,44 +333,58 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     losses (for mse/mae/rmse the mean over all elements, rmse = √mse), whatever
     `batch_size`.
     """
+    return _evaluator(model, params, state, x, y, batch_size=batch_size, loss=loss)(params, state)
+
+
+def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss, where="evaluate"):
+    """`evaluate` in two halves: the checks of (x, y) against the model (with parameters
+    like `params`, `state`) once, then a function (params, state) -> metrics dict that runs
+    the jitted sums; fit builds one for val_data and calls it after every epoch."""
     x, y = np.asarray(x), np.asarray(y)
-    n = _check_pair(x, y, "evaluate")
-    if not all(getattr(a, "is_fully_addressable", True)
-               for a in jax.tree_util.tree_leaves((params, state))):
-        # Replicated over several processes: every process evaluates its own copy.
-        params, state = jax.device_get((params, state))
-    batch_size = as_int(batch_size, "batch_size", "evaluate", error=FuncnetError)
+    n = _check_pair(x, y, where)
+    batch_size = as_int(batch_size, "batch_size", where, error=FuncnetError)
     loss = _default_loss(y) if loss is None else loss
-    out_shape = _output_shape(model, params, state, x.shape, "evaluate")
+    out_shape = _output_shape(model, params, state, x.shape, where)
     task = _task(loss, y.dtype, len(out_shape))
-    _check_targets(y, out_shape, task, "evaluate")
-    check_indices(model, params, x, "evaluate")  # ids into an embedding: XLA would clamp them
+    _check_targets(y, out_shape, task, where)
+    check_indices(model, params, x, where)  # ids into an embedding: XLA would clamp them
     bs = min(int(batch_size), n)
     fn = _eval_function(model, loss, task)
-    parts = []
+    batches = []  # padded to one shape (no recompilation), with the mask of the real rows
     for start in range(0, n, bs):
         xb, yb = x[start:start + bs], y[start:start + bs]
         m = len(xb)
         mask = np.zeros(bs, np.float32)
         mask[:m] = 1
-        if m < bs:  # pad the last batch to the common shape: no recompilation
+        if m < bs:
             xb = np.concatenate([xb, np.zeros((bs - m,) + xb.shape[1:], xb.dtype)])
             yb = np.concatenate([yb, np.zeros((bs - m,) + yb.shape[1:], yb.dtype)])
-        parts.append(fn(params, state, xb, yb, mask))
-        if len(parts) % 8 == 0:  # bounded dispatch-ahead (see fn.parallel on XLA:CPU meshes)
-            jax.block_until_ready(parts[-1])
-    parts = jax.device_get(parts)  # one host sync; the sums are added in float64
-    totals = {k: float(sum(np.float64(p[k]) for p in parts)) for k in parts[0]}
-    count = totals["count"]
-    result = {"loss": totals["loss"] / count}
-    if task != "regression":
-        result["accuracy"] = totals["correct"] / count
-    else:
-        mse = totals["sq"] / totals["elements"]
-        result.update(mse=mse, mae=totals["abs"] / totals["elements"], rmse=math.sqrt(mse))
-        if _unwrap(loss) is losses_mod.rmse:  # rmse is not a mean of per-example values
-            result["loss"] = result["rmse"]
-    return result
+        batches.append((xb, yb, mask))
+
+    def run(params, state) -> dict:
+        if not all(getattr(a, "is_fully_addressable", True)
+                   for a in jax.tree_util.tree_leaves((params, state))):
+            # Replicated over several processes: every process evaluates its own copy.
+            params, state = jax.device_get((params, state))
+        parts = []
+        for xb, yb, mask in batches:
+            parts.append(fn(params, state, xb, yb, mask))
+            if len(parts) % 8 == 0:  # bounded dispatch-ahead (see fn.parallel on XLA:CPU meshes)
+                jax.block_until_ready(parts[-1])
+        parts = jax.device_get(parts)  # one host sync; the sums are added in float64
+        totals = {k: float(sum(np.float64(p[k]) for p in parts)) for k in parts[0]}
+        count = totals["count"]
+        result = {"loss": totals["loss"] / count}
+        if task != "regression":
+            result["accuracy"] = totals["correct"] / count
+        else:
+            mse = totals["sq"] / totals["elements"]
+            result.update(mse=mse, mae=totals["abs"] / totals["elements"], rmse=math.sqrt(mse))
+            if _unwrap(loss) is losses_mod.rmse:  # rmse is not a mean of per-example values
+                result["loss"] = result["rmse"]
+        return result
+
+    return run
 
 
 # ----------------------------------------------------------------------------- validation
@@ -426,8 +440,11 @@ def batch_order(key, epoch: int, n: int) -> np.ndarray:
     It is `fn.data.shuffle(fold_in(data key, e), n)`, the order `fn.data.batches` shuffles
     in: a pure function of key and epoch. The data key is the second of
     jax.random.split(key, 3)."""
-    data_key = _fit_keys(_raw_key(key, "batch_order"))[0]
-    return data_mod.shuffle(jax.random.fold_in(data_key, epoch), n)
+    order = _cached(("order", int(n)), lambda: jax.jit(
+        lambda k, e: jax.random.permutation(jax.random.fold_in(_fit_keys(k)[0], e), n)))
+    # one compiled program per epoch's order instead of an eager split, fold_in and
+    # permutation (integer ops only: the same order as `data.shuffle`, bit for bit)
+    return np.asarray(order(_raw_key(key, "batch_order"), np.uint32(epoch)))
 
 
 # ----------------------------------------------------------------------------- fit: settings
@@ -701,7 +718,7 @@ class _Loop(NamedTuple):
     task: str
     metrics: _Metrics
     checkpoints: _Checkpoints
-    eval_batch_size: int
+    val_metrics: Optional[Callable]  # (params, state) -> val_data's metrics, or None
     sync_every: int
 
 
@@ -736,9 +753,8 @@ def _run(loop: _Loop, ts, *, target_loss, callback):
         t0 = time.perf_counter() - metrics.sums["seconds"]
         ts, s = _run_epoch(loop, ts, s, t0)
         row = metrics.row(epoch, s, loop.task)
-        if cfg.val is not None:
-            for k, v in evaluate(loop.model, ts.params, ts.state, *cfg.val,
-                                 batch_size=loop.eval_batch_size, loss=cfg.loss).items():
+        if loop.val_metrics is not None:
+            for k, v in loop.val_metrics(ts.params, ts.state).items():
                 row["val_" + k] = v
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
@@ -827,7 +843,9 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
     start = int(jax.device_get(ts.step))
     bar = _progress_bar(progress, None if cfg.budget == math.inf else int(cfg.budget), start)
     metrics = _Metrics(history, sums, bar, checkpoints, cfg.steps_per_epoch)
-    loop = _Loop(model, cfg, step_fn, task, metrics, checkpoints, eval_batch_size, sync_every)
+    val_metrics = None if cfg.val is None else _evaluator(  # val_data checked once, not per epoch
+        model, ts.params, ts.state, *cfg.val, batch_size=eval_batch_size, loss=cfg.loss)
+    loop = _Loop(model, cfg, step_fn, task, metrics, checkpoints, val_metrics, sync_every)
     try:
         ts = _run(loop, ts, target_loss=target_loss, callback=callback)
     except Exception as e:  # a lost peer surfaces as a failed collective: say so

@@ -3,7 +3,6 @@ inside jit (exact size), so seeded results never depend on how the draw was comp
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from funcnet import _random as fr
 
