@@ -62,3 +62,15 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     for path in _OWNED_CACHE:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# The longest tests (end-to-end studies, several processes, competitor runs: 10-45 s each on
+# 2 cores) start first, so the xdist workers do not end with one of them running alone.
+_LONG_FIRST = ("tests/test_experiments.py", "tests/test_distributed.py", "tests/test_benchmarks.py",
+               "tests/test_gradcheck.py", "tests/test_parallel.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    # sorted() is stable: the order inside each file, and of every other file, is kept
+    items[:] = sorted(items, key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
