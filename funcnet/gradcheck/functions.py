@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _random
 from ..errors import FuncnetError
 from . import _precision, _probe
 from .numerical import key_rng, projected_differences, random_directions
@@ -81,7 +82,7 @@ def check_vjp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
             if not report.kinks:
                 break
             noise = jax.random.split(jax.random.fold_in(key, 1000 + attempt), len(leaves))
-            leaves = [x + 1e-3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(noise, leaves)]
+            leaves = [x + _random.normal(k, x.shape, x.dtype, 1e-3) for k, x in zip(noise, leaves)]
     if raise_on_failure:
         report.raise_if_failed()
     return report
@@ -208,7 +209,7 @@ def check_hvp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
                                 columns=("rule/numerical", "rule/reference"), title="check_hvp")
         for d in range(directions):
             vkeys = jax.random.split(jax.random.fold_in(key, 10 + d), len(leaves))
-            v = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(vkeys, leaves)]
+            v = [_random.normal(k, x.shape, x.dtype) for k, x in zip(vkeys, leaves)]
             if not _hvp_rows(report, grad, s, reference, rebuild, cts, leaves, v, names, eps,
                              rtol, floor, d):
                 break

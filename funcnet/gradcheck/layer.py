@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _random
 from ..core import Layer, infer_output_shape
 from ..errors import FuncnetError
 from .model import check_gradients
@@ -34,7 +35,7 @@ def check_layer(layer: Layer, input_shape, *, key=None, modes=(False, True), rto
         if made is None:
             return _finish(report, raise_on_failure)
         params, state = made
-        x = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float64)
+        x = _random.normal(jax.random.fold_in(key, 1), shape, jnp.float64)
         _property(report, "output_shape", lambda: _output_shape(layer, params, state, x, shape))
         for train in modes:
             _mode(report, layer, params, state, x, bool(train), jax.random.fold_in(key, 2),

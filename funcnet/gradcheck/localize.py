@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _random
 from ..core import Layer
 from .report import _excess
 
@@ -36,7 +37,7 @@ def _disagreement(layer, params, state, x, train, key, seed, rtol):
     """(what, index, manual, autodiff) of the worst element where layer.backward and
     jax.vjp of layer.apply differ, or None."""
     y, _, cache = layer.forward(params, state, x, train=train, key=key)
-    dy = jax.random.normal(jax.random.PRNGKey(seed), jnp.shape(y), jnp.asarray(y).dtype)
+    dy = _random.normal(jax.random.PRNGKey(seed), np.shape(y), jnp.asarray(y).dtype)
     man_p, man_x = layer.backward(params, cache, dy)
     _, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx, train=train, key=key)[0], params, x)
     auto_p, auto_x = vjp(dy)

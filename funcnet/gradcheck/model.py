@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _random
 from ..core import FuncnetError, Layer, param_paths
 from . import _precision
 from .localize import localize
@@ -73,11 +74,11 @@ def _redraw(params, x, key):
     an integer dtype, or floats that are all whole numbers (embedding inputs)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves) + 1)
-    moved = [leaf + 1e-3 * jax.random.normal(k, leaf.shape, leaf.dtype)
+    moved = [leaf + _random.normal(k, leaf.shape, leaf.dtype, 1e-3)
              if jnp.issubdtype(leaf.dtype, jnp.inexact) else leaf for k, leaf in zip(keys, leaves)]
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(x == jnp.round(x))):
-        x = x + 1e-3 * jax.random.normal(keys[-1], x.shape, x.dtype)
+        x = x + _random.normal(keys[-1], x.shape, x.dtype, 1e-3)
     return jax.tree_util.tree_unflatten(treedef, moved), x
 
 
@@ -86,7 +87,7 @@ def _loss_parts(model, params, state, x, labels, loss, train, key, seed, dtype):
     if loss is not None:
         return loss, getattr(loss, "grad", None) or jax.grad(loss)
     y0 = jax.eval_shape(lambda: model.apply(params, state, x, train=train, key=key)[0])
-    g = jax.random.normal(jax.random.PRNGKey(seed), y0.shape, dtype)
+    g = _random.normal(jax.random.PRNGKey(seed), y0.shape, dtype)
     return (lambda y, t: jnp.sum(y * g)), (lambda y, t: g)
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .. import _random
 from ..errors import FuncnetError
 
 __all__ = ["numerical_grad", "rel_error", "directional_check", "projected_differences",
@@ -155,7 +156,7 @@ def directional_check(f, x, *, key, eps=1e-5, args=()):
     """One random unit direction v: returns (finite difference (f(x+εv) − f(x−εv)) / 2ε,
     jax.jvp's exact directional derivative ⟨∇f, v⟩). Cheap for models of any size."""
     flat, unravel = ravel_pytree(x)
-    v = jax.random.normal(key, flat.shape, flat.dtype)
+    v = _random.normal(key, flat.shape, flat.dtype)
     v = v / jnp.linalg.norm(v)
     fd = (f(unravel(flat + eps * v), *args) - f(unravel(flat - eps * v), *args)) / (2 * eps)
     _, exact = jax.jvp(lambda t: f(unravel(t), *args), (flat,), (v,))

@@ -9,6 +9,7 @@ import sys
 
 import jax
 
+from .. import _random
 from ..errors import FuncnetError
 from .functions import check_vjp
 from .layer import check_layer
@@ -54,7 +55,7 @@ def check_user_function(spec, shapes, seed=0):
     f = load_object(spec)
     keys = jax.random.split(jax.random.PRNGKey(seed), max(len(shapes), 1))
     with jax.enable_x64(True):
-        args = [jax.random.normal(k, s, "float64") for k, s in zip(keys, shapes)]
+        args = [_random.normal(k, s, "float64") for k, s in zip(keys, shapes)]
     return check_vjp(f, *args, key=jax.random.PRNGKey(seed + 1))
 
 
