@@ -12,6 +12,8 @@ arg-max routing funcnet implements passes.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 
 import funcnet as fn
@@ -149,7 +151,9 @@ def check(model, input_shape, target_kind, loss, train, samples, key):
         # fit stores them: embedding rounds them, finite differences stay on the same row)
         x = targets(target_kind, input_shape, k_x).astype(float)
     else:
-        x = jax.random.normal(k_x, input_shape)
+        # jax.random.normal(k_x, input_shape)'s values, drawn flat: XLA:CPU compiles a
+        # rank-4 draw several times slower than a flat one
+        x = jax.random.normal(k_x, (math.prod(input_shape),)).reshape(input_shape)
     y = targets(target_kind, input_shape, k_y)
     return fn.check_gradients(model, params, state, x, y, loss, train=train,
                               key=k_drop if train else None, samples=samples, sample_key=k_drop)

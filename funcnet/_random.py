@@ -4,7 +4,8 @@ Bit for bit the same arrays as jax.random.normal / uniform / bernoulli / randint
 shape given (threefry numbers element i of the flattened array the same way either way),
 but XLA:CPU compiles a draw of rank 2 or more several times slower than a flat one: about
 2 s against 0.3 s for a (3, 3, 16, 16) draw here, once per call site in a jitted program
-and once per shape eagerly. Every random draw in funcnet (layers, initializers, the gradient checks) goes through these.
+and once per shape eagerly. Every random draw in funcnet (layers, initializers, the gradient
+checks) goes through these.
 
 Eager draws (a concrete key: `model.init(key, shape)` called outside jit) go further: they
 draw a power-of-two number of elements and keep the first n. With JAX's (default)

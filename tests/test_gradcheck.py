@@ -7,6 +7,7 @@ import pytest
 
 import funcnet as fn
 from funcnet import losses
+from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
 
 
 def f_known(t):
@@ -73,8 +74,8 @@ def small_cnn(pool):
 def setup(model, shape=(3, 4, 4, 1), dtype=jnp.float64, seed=0):
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
     params, state = model.init(k1, shape, dtype)
-    x = jax.random.normal(k2, shape, dtype)
-    return params, state, x, jax.random.randint(k3, shape[:1], 0, 3)
+    x = fr.normal(k2, shape, dtype)
+    return params, state, x, fr.randint(k3, shape[:1], 0, 3)
 
 
 def copy_to_all_cells(params, cache, dy):
@@ -122,7 +123,7 @@ def test_softmax_diagonal_only_jacobian_is_caught():
     wrong = fn.serial(fn.dense(4), fn.softmax._replace(backward=diagonal_softmax_backward))
     with jax.enable_x64(True):
         params, state, x, _ = setup(model, (3, 5))
-        target = jax.random.uniform(jax.random.PRNGKey(4), (3, 4), jnp.float64)
+        target = fr.uniform(jax.random.PRNGKey(4), (3, 4), jnp.float64)
     assert fn.check_gradients(model, params, state, x, target, losses.mse).ok
     bad = fn.check_gradients(wrong, params, state, x, target, losses.mse)
     assert not bad.ok and {r.path for r in bad.failures} == {"0:dense/b", "0:dense/w", "input"}
@@ -204,7 +205,7 @@ def test_a_large_weight_is_checked_along_directions_and_integer_ids_are_constant
     dense = fn.dense(100)
     model = fn.serial(dense, fn.tanh, fn.dense(3))
     params, state = model.init(jax.random.PRNGKey(0), (2, 100))
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 100))
+    x = fr.normal(jax.random.PRNGKey(1), (2, 100))
     report = fn.check_gradients(model, params, state, x)
     assert report.ok and report.rows[1].path == "0:dense/w projected (4 directions)"
     assert report.rows[1].shape == (100, 100) and report.rows[1].manual_vs_autodiff < 1e-12
