@@ -187,7 +187,7 @@ def _warm_plotting():
             FigureCanvasAgg(fig)
             fig.text(0.5, 0.5, "0.1")
             fig.canvas.draw()
-        except Exception:  # noqa: BLE001 - a warm-up only; _plot reports what is wrong
+        except Exception:  # a warm-up only: _plot reports what is wrong
             pass
 
     thread = threading.Thread(target=work, name="funcnet-plot-warmup", daemon=True)

@@ -29,11 +29,6 @@ __all__ = ["gaussian", "lecun_normal", "glorot_normal", "glorot_uniform", "he_no
            "lecun", "he", "zeros", "ones", "fan_in", "fan_out"]
 
 
-def _normal(key, shape, dtype, scale):
-    """scale * jax.random.normal(key, shape), drawn flat (funcnet/_random.py: faster to compile)."""
-    return _random.normal(key, shape, dtype, scale)
-
-
 def _check_shape(shape, name):
     if not all(int(d) > 0 for d in shape):
         raise LayerError(f"{name}: cannot initialize a weight of shape {tuple(shape)}: every "
@@ -57,7 +52,7 @@ def gaussian(std: float):
 
     def init(key, shape, dtype=jnp.float32):
         _check_shape(shape, init.__name__)
-        return _normal(key, shape, dtype, std)
+        return _random.normal(key, shape, dtype, std)
 
     init.__name__ = f"gaussian({std})"
     return init
@@ -71,7 +66,7 @@ def _variance_scaled(name: str, variance, doc: str, uniform: bool = False):
         if uniform:
             limit = math.sqrt(3.0 * variance(shape))
             return _random.uniform(key, shape, dtype, -limit, limit)
-        return _normal(key, shape, dtype, math.sqrt(variance(shape)))
+        return _random.normal(key, shape, dtype, math.sqrt(variance(shape)))
 
     init.__name__, init.__doc__ = name, doc
     return init

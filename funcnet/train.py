@@ -336,10 +336,11 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     return _evaluator(model, params, state, x, y, batch_size=batch_size, loss=loss)(params, state)
 
 
-def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss, where="evaluate"):
+def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss):
     """`evaluate` in two halves: the checks of (x, y) against the model (with parameters
     like `params`, `state`) once, then a function (params, state) -> metrics dict that runs
     the jitted sums; fit builds one for val_data and calls it after every epoch."""
+    where = "evaluate"
     x, y = np.asarray(x), np.asarray(y)
     n = _check_pair(x, y, where)
     batch_size = as_int(batch_size, "batch_size", where, error=FuncnetError)

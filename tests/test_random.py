@@ -68,8 +68,9 @@ def test_float64_draws_equal_jax_random():
             _assert_same(fr.normal(key, shape, jnp.float64), theirs, f"float64 {shape}")
 
 
-def test_eager_draws_share_one_compiled_program_per_bucket():
-    """The point of the buckets: sizes 65..128 all use the 128-element draw."""
+def test_eager_sizes_round_up_to_a_power_of_two_and_jit_draws_exactly_n():
+    """Eager sizes 65..128 all draw 128 elements (one compiled draw); jit, large draws and
+    other PRNGs draw exactly n."""
     key = jax.random.PRNGKey(0)
     assert fr._bucket(key, 65) == fr._bucket(key, 100) == fr._bucket(key, 128) == 128
     assert fr._bucket(key, 3) == 64 and fr._bucket(key, 129) == 256

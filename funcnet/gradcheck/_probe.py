@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import FuncnetError
+from .numerical import key_rng
 
 __all__ = []
 
@@ -73,8 +74,7 @@ def coordinates(leaves, samples, key):
         if samples is None or leaf.size <= samples:
             out.append(np.arange(leaf.size))
         else:
-            rng = np.random.default_rng(np.asarray(jax.random.key_data(k)).ravel().tolist())
-            out.append(np.sort(rng.choice(leaf.size, samples, replace=False)))
+            out.append(np.sort(key_rng(k).choice(leaf.size, samples, replace=False)))
     return out
 
 

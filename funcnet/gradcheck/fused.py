@@ -80,6 +80,8 @@ def fused_check(objective, exact, point, big, directions, eps, one_by_one=()):
     s_sign = np.repeat([1.0, -1.0], n_dir + n_alone)
     s_coord = np.concatenate([np.zeros(n_dir, bool), np.ones(n_alone, bool)] * 2)
 
+    dtype = leaves[0].dtype if leaves else jnp.float64
+
     def rebuild(base, idx, parts):
         full = list(base)
         for j, part in zip(idx, parts):
@@ -114,7 +116,6 @@ def fused_check(objective, exact, point, big, directions, eps, one_by_one=()):
             along = jax.lax.map(one, (s_idx, s_sign, s_coord))
         return value, auto, manual, f0, coords, along
 
-    dtype = leaves[0].dtype if leaves else jnp.float64
     # (LLVM -O0 for this program was measured and rejected: benchmarks/RESULTS.md,
     # "Gradient checking (#12)".)
     value, auto, manual, f0, coords, along = jax.jit(program)(
@@ -132,9 +133,14 @@ def fused_check(objective, exact, point, big, directions, eps, one_by_one=()):
         for b, j in enumerate(big):
             k = len(directions[j])
             p, m = plus[b * k:(b + 1) * k], minus[b * k:(b + 1) * k]
-            out_p[j] = ((p - m) / (2 * eps), (p - f0) / eps, (f0 - m) / eps)
+            out_p[j] = _differences(p, m, f0, eps)
         _unpack(out_c, alone, leaves, plus[n_dir:], minus[n_dir:], f0, eps)
     return value, auto, manual, out_c, out_p
+
+
+def _differences(plus, minus, f0, eps):
+    """(centred, forward, backward) differences from f(x ± εd) and f(x)."""
+    return (plus - minus) / (2 * eps), (plus - f0) / eps, (f0 - minus) / eps
 
 
 def _unpack(out, which, leaves, plus, minus, f0, eps):
@@ -142,7 +148,6 @@ def _unpack(out, which, leaves, plus, minus, f0, eps):
     start = 0
     for j in which:
         n, shape = leaves[j].size, leaves[j].shape
-        p, m = plus[start:start + n], minus[start:start + n]
-        out[j] = tuple(a.reshape(shape) for a in ((p - m) / (2 * eps), (p - f0) / eps,
-                                                     (f0 - m) / eps))
+        out[j] = tuple(a.reshape(shape) for a in _differences(plus[start:start + n],
+                                                               minus[start:start + n], f0, eps))
         start += n

@@ -60,7 +60,7 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
         base = jax.random.PRNGKey(seed)
         for attempt in range(4 if avoid_kinks else 1):
             report = _check(model, params, state, x, labels, loss, train, key, tol, samples,
-                            (directions, project_above), sample_key, seed, chunk, prec)
+                            directions, project_above, sample_key, seed, chunk, prec)
             if not report.kinks:
                 break
             params, x = _redraw(params, x, jax.random.fold_in(base, 1000 + attempt))
@@ -92,7 +92,7 @@ def _loss_parts(model, params, state, x, labels, loss, train, key, seed, dtype):
 
 
 def _check(model, params, state, x, labels, loss, train, key, tol, samples, directions,
-           sample_key, seed, chunk, prec):
+           project_above, sample_key, seed, chunk, prec):
     """One pass of check_gradients at (params, x): the report."""
     diff_x = jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)  # integer ids: a constant
     loss_fn, dloss = _loss_parts(model, params, state, x, labels, loss, train, key, seed,
@@ -112,10 +112,9 @@ def _check(model, params, state, x, labels, loss, train, key, tol, samples, dire
         return value, auto, (man_p, man_x) if diff_x else (man_p,)
 
     leaves, treedef = jax.tree_util.tree_flatten(point)
-    directions, above = directions
     big, vs, coords, along = [], {}, None, {}
     if samples == "auto":  # one compiled program for everything
-        big = [j for j, leaf in enumerate(leaves) if leaf.size > above]
+        big = [j for j, leaf in enumerate(leaves) if leaf.size > project_above]
         rng = np.random.default_rng([seed, 77]) if sample_key is None else key_rng(sample_key)
         vs = {j: random_directions(rng, leaves[j], directions) for j in big}
         last = len(leaves) - 1 if diff_x else -1  # the input: batched, not a kernel
@@ -140,8 +139,7 @@ def _check(model, params, state, x, labels, loss, train, key, tol, samples, dire
             raise FuncnetError(f"check_gradients: backward gave {path} a gradient of shape "
                                f"{np.shape(m)}, expected {np.shape(a)}")
     if coords is None:
-        num = _coordinate_part(objective, leaves, treedef, [], tol["eps"], samples, sample_key,
-                               chunk)
+        num = _coordinate_part(objective, leaves, treedef, tol["eps"], samples, sample_key, chunk)
         kinks = _kink_masks(objective, leaves, treedef, m_leaves, a_leaves, num, tol["eps"],
                             rtols, floors)
     else:
@@ -188,25 +186,14 @@ def _projected_row(auto, vs, diffs, rtol, floor):
                     kink_mask(fw, bw, floor), where="direction")
 
 
-def _coordinate_part(objective, leaves, treedef, big, eps, samples, sample_key, chunk):
-    """Centred differences of every leaf not in `big` (all or `samples` coordinates);
-    NaN-filled arrays for the big ones. One call of numerical_grad: small leaves share one
-    compiled program; big leaves ride as args."""
-    small = [j for j in range(len(leaves)) if j not in big]
-
-    def f(parts, rest):
-        full = list(rest)
-        for j, leaf in zip(small, parts):
-            full[j] = leaf
-        return objective(jax.tree_util.tree_unflatten(treedef, full))
-
-    rest = [jnp.zeros((0,), leaf.dtype) if j in small else leaf for j, leaf in enumerate(leaves)]
-    got = numerical_grad(f, [leaves[j] for j in small], eps, args=(rest,), samples=samples,
-                         key=sample_key, chunk=chunk) if small else []
-    out = [np.full(leaf.shape, np.nan) for leaf in leaves]
-    for j, g in zip(small, got):
-        out[j] = np.asarray(g, np.float64)
-    return out
+def _coordinate_part(objective, leaves, treedef, eps, samples, sample_key, chunk):
+    """Centred differences of every leaf (all or `samples` coordinates), float64 NumPy: one
+    call of numerical_grad (samples=int or None; "auto" is the fused program)."""
+    if not leaves:
+        return []
+    got = numerical_grad(lambda ls: objective(jax.tree_util.tree_unflatten(treedef, ls)), leaves,
+                         eps, samples=samples, key=sample_key, chunk=chunk)
+    return [np.asarray(g, np.float64) for g in got]
 
 
 def _blame(model, params, state, x, train, key, seed):

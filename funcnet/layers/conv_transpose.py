@@ -11,7 +11,6 @@ so the output is (H − 1)·s + kh − (p_top + p_bottom) high. This is exactly
 "SAME" conv2d of stride s on an input H·s high: it crops max(k − s, 0), the extra row at the
 bottom, and pads zeros at the bottom when k < s).
 """
-
 from .._validate import as_int, check, positive_pair
 from ..core import Layer
 from ..initializers import _resolve, xavier, zeros
