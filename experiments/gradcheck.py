@@ -20,7 +20,6 @@ import funcnet as fn
 from experiments import cnn, common, fc_net, graph_net, init_study, losses, xor
 
 NAME = "gradcheck"
-AUTO = "auto"
 
 
 def copy_to_all_max_pool(window=(2, 2)) -> fn.Layer:
@@ -54,57 +53,58 @@ def transformer_block(dim: int, num_heads: int, mlp_ratio: int = 2) -> fn.Layer:
 
 
 def networks(quick: bool = False):
-    """name -> (model, input shape, target kind, loss, train, `samples` of check_gradients).
-    Every network of the folder, at a tiny size. AUTO ("auto"): one compiled program that
-    differences every coordinate of leaves up to 2048 elements (all of them here) and checks
-    bigger ones along random directions; faster than separate programs and than sampling."""
-    ce, sampled = fn.losses.softmax_cross_entropy, AUTO
+    """name -> (model, input shape, target kind, loss, train). Every network of the folder, at
+    a tiny size, checked by check_gradients' default (samples="auto"): one compiled program
+    that differences every coordinate of leaves up to 2048 elements (all of them here) and
+    checks bigger ones along random directions; faster than separate programs and than
+    sampling."""
+    ce = fn.losses.softmax_cross_entropy
     nets = {
-        "xor/perceptron": (xor.perceptron(), (4, 2), "regression1", fn.losses.mse, False, AUTO),
-        "xor/mlp_tanh": (xor.mlp(3, fn.tanh), (4, 2), "regression1", fn.losses.mse, False, AUTO),
+        "xor/perceptron": (xor.perceptron(), (4, 2), "regression1", fn.losses.mse, False),
+        "xor/mlp_tanh": (xor.mlp(3, fn.tanh), (4, 2), "regression1", fn.losses.mse, False),
         "xor/mlp_sigmoid": (xor.mlp(3, fn.sigmoid), (4, 2), "regression1", fn.losses.mse,
-                            False, AUTO),
+                            False),
         "fc_net/batch_norm+dropout": (fc_net.fc_net((6, 5), 3, batch_norm=True, dropout=0.3),
-                                      (5, 2, 2, 1), "classes3", ce, True, AUTO),
-        "fc_net/plain": (fc_net.fc_net((6, 5), 3), (5, 2, 2, 1), "classes3", ce, False, AUTO),
+                                      (5, 2, 2, 1), "classes3", ce, True),
+        "fc_net/plain": (fc_net.fc_net((6, 5), 3), (5, 2, 2, 1), "classes3", ce, False),
         "cnn/digits relu/max/pad": (cnn.digits_net("relu", "max", "pad", (3, 4), 6), (2, 8, 8, 1),
-                                    "classes10", ce, False, sampled),
+                                    "classes10", ce, False),
         "cnn/digits tanh/mean/ignore": (cnn.digits_net("tanh", "mean", "ignore", (3, 4), 6), (2, 8, 8, 1),
-                                        "classes10", ce, False, sampled),
+                                        "classes10", ce, False),
         "cnn/digits sigmoid/max/pad": (cnn.digits_net("sigmoid", "max", "pad", (3, 4), 6), (2, 8, 8, 1),
-                                       "classes10", ce, False, sampled),
-        "cnn/lenet5 (28x28)": (cnn.lenet((2, 3), 5, (6, 5)), (1, 28, 28, 1), "classes10", ce, False, sampled),
+                                       "classes10", ce, False),
+        "cnn/lenet5 (28x28)": (cnn.lenet((2, 3), 5, (6, 5)), (1, 28, 28, 1), "classes10", ce, False),
         "losses/regressor (mse)": (losses.regressor((5,)), (6, 3), "regression1", fn.losses.mse,
-                                   False, AUTO),
+                                   False),
         "losses/regressor (mae)": (losses.regressor((5,)), (6, 3), "regression1", fn.losses.mae,
-                                   False, AUTO),
+                                   False),
         "losses/regressor (rmse)": (losses.regressor((5,)), (6, 3), "regression1",
-                                    fn.losses.rmse, False, AUTO),
-        "losses/relu_sum": (losses.relu_sum(6), (7, 1), "regression1", fn.losses.mse, False, AUTO),
+                                    fn.losses.rmse, False),
+        "losses/relu_sum": (losses.relu_sum(6), (7, 1), "regression1", fn.losses.mse, False),
         # Wide enough that no layer is entirely dead: a dead layer puts the next layer's
         # pre-activations exactly on relu's kink (z = b = 0), where no derivative exists.
         "init_study/10-layer relu": (init_study.deep_net(10, 12, fn.relu, fn.initializers.he, 3),
-                                     (4, 6), "classes3", ce, False, AUTO),
+                                     (4, 6), "classes3", ce, False),
         "init_study/10-layer tanh": (init_study.deep_net(10, 6, fn.tanh, fn.initializers.xavier, 3),
-                                     (3, 4), "classes3", ce, False, AUTO),
+                                     (3, 4), "classes3", ce, False),
         "graph_net/dag": (graph_net.dag_network(graph_net.random_dag(jax.random.PRNGKey(3), 4, 5, 3,
                                                                      0.5), 4, 3),
-                          (5, 4), "classes3", ce, False, AUTO),
+                          (5, 4), "classes3", ce, False),
     }
     nets["cnn/fn.models.lenet (8x8)"] = (fn.models.lenet(10, 8), (2, 8, 8, 1), "classes10", ce,
-                                         False, sampled)
+                                         False)
     # Branches and the newer layers (embedding takes integer ids: see tests/layers/test_embedding.py).
     nets["resnet/depth 8, train mode"] = (fn.models.resnet(10, 8, depth=8, width=2), (2, 8, 8, 1),
-                                          "classes10", ce, True, sampled)
+                                          "classes10", ce, True)
     nets["layers/conv_transpose2d+layer_norm+gelu"] = (
         fn.serial(fn.conv_transpose2d(2, 3, 2, 1), fn.layer_norm(), fn.gelu, fn.conv2d(3, 2),
                   fn.leaky_relu(0.1), fn.global_avg_pool, fn.dense(4)),
-        (2, 3, 3, 1), "classes4", ce, False, AUTO)
+        (2, 3, 3, 1), "classes4", ce, False)
     nets["layers/conv1d+elu+softplus+time_distributed"] = (
         fn.serial(fn.conv1d(3, 3, padding="SAME"), fn.elu(), fn.time_distributed(fn.dense(2)),
                   fn.gelu_tanh, fn.fanout(2), fn.parallel(fn.softplus, fn.identity),
                   fn.fanin_concat(), fn.flatten, fn.dense(3)),
-        (3, 5, 2), "classes3", ce, False, AUTO)
+        (3, 5, 2), "classes3", ce, False)
 
     def attention(causal):
         return fn.serial(fn.positional_embedding(6), fn.self_attention(2, causal), fn.flatten,
@@ -112,18 +112,17 @@ def networks(quick: bool = False):
 
     nets.update({  # BPTT and attention (sequence.py): (batch, time, features) inputs
         "sequence/rnn": (fn.serial(fn.rnn(4, False), fn.dense(3)), (2, 5, 3), "classes3", ce,
-                         False, AUTO),
+                         False),
         "sequence/lstm_classifier": (fn.models.lstm_classifier(3, 4), (2, 5, 3), "classes3", ce,
-                                     False, AUTO),
-        "sequence/self_attention": (attention(False), (2, 5, 4), "classes3", ce, False, AUTO),
-        "sequence/causal self_attention": (attention(True), (2, 5, 4), "classes3", ce, False,
-                                           AUTO),
+                                     False),
+        "sequence/self_attention": (attention(False), (2, 5, 4), "classes3", ce, False),
+        "sequence/causal self_attention": (attention(True), (2, 5, 4), "classes3", ce, False),
     })
     nets.update({  # the transformer's pre-norm block, and a whole tiny one (char_model.py)
         "char_model/transformer block": (transformer_block(4, 2), (2, 5, 4), "classes3", ce,
-                                         False, AUTO),
+                                         False),
         "char_model/transformer": (fn.models.transformer(7, 5, 4, 2, 2), (2, 5), "tokens7", ce,
-                                   False, AUTO),
+                                   False),
     })
     if quick:  # one network per experiment (compilation dominates the time)
         keep = ("xor/mlp_tanh", "fc_net/batch_norm+dropout", "cnn/digits tanh/mean/ignore",
@@ -144,7 +143,7 @@ def targets(kind: str, shape, key):
     return jax.random.uniform(key, (n, 1))
 
 
-def check(model, input_shape, target_kind, loss, train, samples, key):
+def check(model, input_shape, target_kind, loss, train, key, samples="auto"):
     k_init, k_x, k_y, k_drop = jax.random.split(key, 4)
     params, state = model.init(k_init, input_shape)
     if target_kind.startswith("tokens"):  # a language model: token ids in (as floats, as
@@ -182,7 +181,7 @@ def main(argv=None) -> dict:
     pool_reports = {}
     for name, pool in pools.items():
         pool_reports[name] = check(small_cnn(pool), (2, 6, 6, 1), "classes4", fn.losses.softmax_cross_entropy,
-                                   False, None, jax.random.PRNGKey(args.seed + 1))
+                                   False, jax.random.PRNGKey(args.seed + 1), samples=None)
         print(f"\n== max pool backward, {name} rule ==\n{pool_reports[name]}")
     pool_rows = {name: {r.path: r.manual_vs_autodiff for r in rep.rows}
                  for name, rep in pool_reports.items()}
