@@ -92,17 +92,21 @@ def launch(command: Sequence[str], n: int, *, devices_per_process: Optional[int]
                             f"{int(devices_per_process)}").strip()
     lock = threading.Lock()
     children, pumps = [], []
-    for i in range(n):
-        p = subprocess.Popen(argv, env=dict(env, FUNCNET_PROCESS_ID=str(i)), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=_child_setup)
-        children.append(p)
-    for i, p in enumerate(children):  # readers start after the forks (preexec_fn and threads)
-        pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True))
-        pumps[-1].start()
+    # Ctrl-C is recorded (and forwarded by _supervise) from before the first child starts:
+    # installed later, a Ctrl-C right after a child's first output line raised
+    # KeyboardInterrupt in the launcher instead (each child resets SIGINT in _child_setup).
     interrupts = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupts.append(time.monotonic()))
     try:
+        for i in range(n):
+            p = subprocess.Popen(argv, env=dict(env, FUNCNET_PROCESS_ID=str(i)),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=_child_setup)
+            children.append(p)
+        for i, p in enumerate(children):  # readers start after the forks (preexec_fn, threads)
+            pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True))
+            pumps[-1].start()
         status = _supervise(children, interrupts, grace, out, lock)
     finally:
         signal.signal(signal.SIGINT, previous)
