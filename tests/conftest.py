@@ -3,8 +3,16 @@
 Default profile: 20 examples per property (the curated configs, new seeds). `pytest --slow` (or
 FUNCNET_SLOW=1) draws 500. Nothing is skipped either way.
 
-Before any test imports JAX: funcnet's XLA CPU flags (what the `funcnet` command uses,
-unless XLA_FLAGS is set), and one persistent compilation cache for the whole session, shared
+XLA's flags: XLA's own defaults, what `import funcnet` gives a library user (almost every
+test calls the library as such a user does), in this process and in the processes the tests
+start: FUNCNET_XLA_DEFAULTS=0 keeps funcnet's CPU flags (the `funcnet` command's) from being
+set, including by `import experiments` at collection. Their setting and opt-outs are tested in
+test_xla_env.py; to run the whole suite under them, set XLA_FLAGS yourself (the user's
+XLA_FLAGS wins everywhere). Until session 11 the suite ran under the command's flags: XLA's own
+emitters, which they select, compile ~15 % slower (6 min 49 s against 5 min 53 s for the
+same 494 tests, benchmarks/RESULTS.md, "The test suite").
+
+Before any test imports JAX: one persistent compilation cache for the whole session, shared
 by the pytest-xdist workers and the subprocesses the tests start, so a program compiled by
 one of them is read by the others. It lives in a fresh temporary folder (removed at the
 end), so no run depends on an earlier one; FUNCNET_TEST_CACHE=DIR keeps it in DIR instead,
@@ -54,8 +62,7 @@ def _session_cache():
 def pytest_configure(config):
     slow = config.getoption("--slow") or os.environ.get("FUNCNET_SLOW") == "1"
     settings.load_profile("slow" if slow else "default")
-    from funcnet._xla_env import apply_xla_defaults
-    apply_xla_defaults()  # before any test starts JAX's backend; a user's XLA_FLAGS wins
+    os.environ.setdefault("FUNCNET_XLA_DEFAULTS", "0")  # before anything imports experiments
     _session_cache()
 
 
