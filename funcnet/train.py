@@ -39,7 +39,7 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed
 from . import losses as losses_mod
-from . import parallel
+from . import _random, parallel
 from ._validate import as_int
 from .core import FuncnetError, Layer, LayerError
 from .layers.embedding import check_indices
@@ -222,9 +222,11 @@ def _cached(key, build):
 
 
 def _jitted_init(model, optimizer, input_shape, dtype):
-    """model.init and optimizer.init as one compiled program (not dozens of small ones)."""
+    """model.init and optimizer.init as one compiled program (not dozens of small ones),
+    its normal draws batched (same values, a fraction of the compile: _random.py)."""
 
     def build():
+        @_random.batched_normals
         def init(k_init, k_step):
             return _new_train_state(optimizer, *model.init(k_init, input_shape, dtype), k_step)
 

@@ -79,3 +79,68 @@ def test_eager_sizes_round_up_to_a_power_of_two_and_jit_draws_exactly_n():
     jax.jit(lambda k: traced.append(fr._bucket(k, 100)) or k)(key)
     assert traced == [100]  # inside jit: exactly n, the program is unchanged
     assert fr._bucket(jax.random.key(0, impl="rbg"), 100) == 100  # another PRNG: exactly n
+
+
+def _leaves_equal(a, b, what):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b), what
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        _assert_same(x, y, what)
+
+
+# (size, dtype, scale): sizes from 1 to several thousand (groups of very different widths),
+# no scale, an initializer's √(2/fan_in), a plain std, zero
+DRAWS = [(1, jnp.float32, None), (150, jnp.float32, (2 / 25) ** 0.5), (3, jnp.float32, 0.0),
+         (2400, jnp.float32, (2 / 150) ** 0.5), (130, jnp.float64, None), (7, jnp.float64, 0.05)]
+
+
+def test_batched_normals_equal_the_draws_one_by_one_in_jit():
+    """Batched draws are the per-call draws bit for bit, float32 and float64 (XLA folds
+    √2·scale into one constant in the per-call program: the batch does the same), with raw
+    and typed keys, nested, and under vmap (an ensemble's init)."""
+    def draws(key):
+        keys = jax.random.split(key, len(DRAWS))
+        return [fr.normal(k, (n,), dtype, scale) for k, (n, dtype, scale) in zip(keys, DRAWS)]
+
+    def nested(key):  # a batched function calling another: one batch, the outer one
+        k1, k2 = jax.random.split(key)
+        return fr.normal(k1, (5,), jnp.float32, 2.0), fr.batched_normals(draws)(k2)
+
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(4)
+        _leaves_equal(jax.jit(fr.batched_normals(nested))(key), jax.jit(nested)(key),
+                      "batched normals, nested")
+        keys = jax.random.split(jax.random.key(5), 3)  # typed keys
+        _leaves_equal(jax.jit(jax.vmap(fr.batched_normals(draws)))(keys),
+                      jax.jit(jax.vmap(draws))(keys), "batched normals under vmap, typed keys")
+
+
+def test_batched_normals_draw_a_changed_call_on_its_own():
+    """The second pass replays the first pass's draws in order; a call that differs (size
+    here) is drawn directly, so the values stay jax.random's whatever fn does."""
+    calls = []
+
+    def fickle(key):
+        calls.append(None)
+        n = 5 if len(calls) % 2 else 9  # 5 on the recording pass, 9 on the second
+        return fr.normal(key, (n,), jnp.float32, 0.5), fr.normal(key, (4,))
+
+    got = jax.jit(fr.batched_normals(fickle))(jax.random.PRNGKey(1))
+    assert len(calls) == 2 and got[0].shape == (9,)
+    want = jax.jit(lambda k: (0.5 * jax.random.normal(k, (9,)), jax.random.normal(k, (4,))))(
+        jax.random.PRNGKey(1))
+    _leaves_equal(got, want, "a changed draw")
+
+
+def test_fit_init_program_equals_the_model_init_in_jit():
+    """fit and init_train_state's one compiled init (batched draws) gives model.init's values
+    in jit exactly (convolutions, batch norm, a residual branch, dense)."""
+    import optax
+
+    import funcnet as fn
+    from funcnet import train
+    model = fn.serial(fn.conv2d(3, (3, 3)), fn.batch_norm(), fn.relu,
+                      fn.residual(fn.conv2d(3, (1, 1))), fn.flatten, fn.dense(4))
+    k_init, k_step = jax.random.split(jax.random.PRNGKey(2))
+    ts = train._jitted_init(model, optax.sgd(0.1), (2, 5, 5, 1), None)(k_init, k_step)
+    want = jax.jit(lambda k: model.init(k, (2, 5, 5, 1)))(k_init)
+    _leaves_equal((ts.params, ts.state), want, "fit's init")
