@@ -131,6 +131,26 @@ def test_batched_normals_draw_a_changed_call_on_its_own():
     _leaves_equal(got, want, "a changed draw")
 
 
+def test_batched_normals_take_only_the_cases_checked_equal():
+    """Traced threefry keys, float32/64, a Python-number scale, a non-empty draw; anything
+    else (an eager key, bfloat16, another PRNG, a traced scale) is drawn on its own."""
+    seen = {}
+
+    def probe(key, rbg_key, scale):
+        takes = fr._Batch.takes
+        f32 = jnp.float32
+        seen.update(f32=takes(key, (3,), f32, 0.5), f64=takes(key, (3,), jnp.float64, None),
+                    bf16=takes(key, (3,), jnp.bfloat16, None), empty=takes(key, (0, 3), f32, None),
+                    rbg=takes(rbg_key, (3,), f32, None), traced_scale=takes(key, (3,), f32, scale),
+                    flag=takes(key, (3,), f32, True))
+        return key
+
+    jax.make_jaxpr(probe)(jax.random.PRNGKey(0), jax.random.key(0, impl="rbg"), 0.5)  # traces only
+    assert seen == dict(f32=True, f64=True, bf16=False, empty=False, rbg=False,
+                        traced_scale=False, flag=False)
+    assert not fr._Batch.takes(jax.random.PRNGKey(0), (3,), jnp.float32, None)  # eager key
+
+
 def test_fit_init_program_equals_the_model_init_in_jit():
     """fit and init_train_state's one compiled init (batched draws) gives model.init's values
     in jit exactly (convolutions, batch norm, a residual branch, dense)."""
