@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
         model = fn.models.resnet(10, 28, depth=depth, width=width, skip=skip)
         k_init, k_fwd, k_train = jax.random.split(jax.random.fold_in(key, int(skip)), 3)
         # eager: its draws compile once per size bucket for both nets (a jitted init is a
-        # program per net); the values are the jitted ones to the last bit or so
+        # program per net); values equal a jitted init's up to the last bit (XLA folds each
+        # scale into the draw inside jit)
         params, state = model.init(k_init, (args.batch_size, 28, 28, 1))
         norms[name] = conv_grad_norms(model, params, state, xtr[:args.batch_size],
                                       ytr[:args.batch_size], k_fwd)

@@ -37,12 +37,18 @@ __all__ = ["normal", "uniform", "bernoulli", "randint", "batched_normals"]
 _SMALLEST, _LARGEST = 64, 1 << 22  # buckets; above 4M elements the compile is not the cost
 
 
+def _partitionable_threefry(key) -> bool:
+    """Whether element i of a draw with `key` depends only on the key and i (not on the
+    count): JAX's default partitionable threefry. Both the bucketed eager draws and the
+    batched ones rely on it."""
+    return (jax.config.jax_threefry_partitionable
+            and str(jax.random.key_impl(key)) == "threefry2x32")
+
+
 def _bucket(key, n: int) -> int:
     """How many elements to draw for n: n itself inside jit, under another PRNG (whose
     element i may depend on the count), or when large; else n rounded up to a power of two."""
-    if (isinstance(key, jax.core.Tracer) or n > _LARGEST
-            or not jax.config.jax_threefry_partitionable
-            or str(jax.random.key_impl(key)) != "threefry2x32"):
+    if isinstance(key, jax.core.Tracer) or n > _LARGEST or not _partitionable_threefry(key):
         return n
     return max(_SMALLEST, 1 << (n - 1).bit_length())
 
@@ -121,8 +127,7 @@ class _Batch:
         return (isinstance(key, jax.core.Tracer) and math.prod(shape) > 0
                 and jax.dtypes.canonicalize_dtype(dtype) in (jnp.float32, jnp.float64)
                 and (scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool)))
-                and jax.config.jax_threefry_partitionable
-                and str(jax.random.key_impl(key)) == "threefry2x32")
+                and _partitionable_threefry(key))
 
     def normal(self, key, shape, dtype, scale):
         shape, dtype = tuple(int(d) for d in shape), jax.dtypes.canonicalize_dtype(dtype)
