@@ -109,10 +109,36 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
             padding = ((kh - 1, kh - 1), (kw - 1, kw - 1))
         else:
             raise LayerError(f"ops.correlate: mode must be 'valid' or 'full', got {mode!r}")
-    y = lax.conv_general_dilated(x4, w4.astype(x4.dtype), _pair(stride), padding,
-                                 lhs_dilation=_pair(lhs_dilation), rhs_dilation=_pair(rhs_dilation),
-                                 dimension_numbers=dims)
-    return back(y)
+    stride, lhs_dilation, rhs_dilation = _pair(stride), _pair(lhs_dilation), _pair(rhs_dilation)
+    padding = tuple(_pair(p) for p in padding)
+    w4 = w4.astype(x4.dtype)
+
+    def xla(x4, w4):
+        return lax.conv_general_dilated(x4, w4, stride, padding, lhs_dilation=lhs_dilation,
+                                        rhs_dilation=rhs_dilation, dimension_numbers=dims)
+
+    if (dims == _DIMS and x4.shape[3] == 1 and kh > 1 and lhs_dilation == (1, 1)
+            and rhs_dilation == (1, 1)):
+        def rows(x4, w4):
+            return _rows_as_channels(x4, w4, stride, padding)
+        return back(lax.platform_dependent(x4, w4, cpu=rows, default=xla))
+    return back(xla(x4, w4))
+
+
+def _rows_as_channels(x, w, stride, padding):
+    """A one-channel NHWC correlation with the kernel's kh rows turned into kh channels:
+    the kh row shifts of the padded x stacked as channels, then a 1 x kw correlation with
+    the (1, kw, kh, c_out) kernel. The same sums; XLA:CPU runs the one-channel convolution
+    (a grayscale image's first layer) 2-3x slower than this one, forward and gradient
+    (benchmarks/RESULTS.md, "one-channel convolutions"); with more input channels it is not
+    faster, and other backends keep their own convolution."""
+    (sh, sw), kh = stride, w.shape[0]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in padding)
+                 + ((0, 0, 0),))
+    ho = out_size(xp.shape[1], kh, sh)
+    rows = jnp.concatenate([xp[:, i:i + (ho - 1) * sh + 1:sh] for i in range(kh)], axis=3)
+    wr = jnp.transpose(w[:, :, 0, :], (1, 0, 2))[None]  # (1, kw, kh, c_out): row i is channel i
+    return lax.conv_general_dilated(rows, wr, (1, sw), ((0, 0), (0, 0)), dimension_numbers=_DIMS)
 
 
 def convolve(x, w, mode="valid"):

@@ -100,6 +100,38 @@ def test_correlate_with_stride_and_explicit_padding():
     np.testing.assert_allclose(y, valid_correlation(xp, k)[::2, ::3], rtol=1e-12, atol=1e-12)
 
 
+def test_one_channel_correlate_is_lax_convolution_with_its_derivatives():
+    """A one-channel input runs as the kernel's rows stacked as channels on CPU (faster on
+    XLA:CPU): the same values, gradients (both operands), forward-mode derivatives and
+    batching as lax's own convolution, over strides, SAME-like and ragged paddings."""
+    def lax_conv(x, w, stride, pads):
+        return jax.lax.conv_general_dilated(x, w, stride, pads,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    cases = [((2, 7, 6, 1), (3, 3, 1, 2), (1, 1), ((1, 1), (1, 1))),
+             ((2, 9, 8, 1), (4, 2, 1, 3), (2, 3), ((1, 0), (0, 2)))]
+    with jax.enable_x64(True):
+        for i, (xs, ws, stride, pads) in enumerate(cases):
+            x, w = jnp.asarray(normal(10 + i, xs)), jnp.asarray(normal(20 + i, ws))
+            ours = jax.jit(lambda x, w, s=stride, p=pads: ops.correlate(x, w, stride=s, padding=p))
+            ref = jax.jit(lambda x, w, s=stride, p=pads: lax_conv(x, w, s, p))
+            np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
+            y, vjp = jax.vjp(ours, x, w)
+            y_ref, vjp_ref = jax.vjp(ref, x, w)
+            dy = jnp.asarray(normal(30 + i, y.shape))
+            for got, want in zip(vjp(dy), vjp_ref(dy)):
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+            tx, tw = jnp.asarray(normal(40 + i, xs)), jnp.asarray(normal(50 + i, ws))
+            np.testing.assert_allclose(jax.jvp(ours, (x, w), (tx, tw))[1],
+                                       jax.jvp(ref, (x, w), (tx, tw))[1], rtol=1e-12, atol=1e-12)
+            batched = jax.vmap(ours, in_axes=(0, None))(x[:, None], w)
+            np.testing.assert_allclose(batched[:, 0], y_ref, rtol=1e-12, atol=1e-12)
+        # The path is taken on CPU: the compiled convolution reads kh channels, not one.
+        hlo = jax.jit(lambda x, w: ops.correlate(x, w, padding=((2, 2), (2, 2)))).lower(
+            jnp.zeros((2, 8, 8, 1)), jnp.zeros((5, 5, 1, 3))).compile().as_text()
+        assert "f64[2,8,12,5]" in hlo, "one-channel correlate did not stack the kernel's rows"
+
+
 def test_rot180_flips_both_spatial_axes_only():
     m = jnp.arange(6.0).reshape(2, 3)
     np.testing.assert_array_equal(np.asarray(ops.rot180(m)), [[5, 4, 3], [2, 1, 0]])
