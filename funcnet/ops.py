@@ -28,6 +28,7 @@ __all__ = ["correlate", "convolve", "rot180", "dilate", "pad_amounts", "out_size
            "scatter_windows", "downsample", "upsample"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
+_ROWS_MIN_PIXELS = 1024  # N·H·W of a one-channel input from which correlate stacks its rows
 
 
 def _as_4d(x, w=None):
@@ -117,8 +118,10 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
         return lax.conv_general_dilated(x4, w4, stride, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dims)
 
+    # Below ~1k input pixels XLA's own convolution takes microseconds: the rewrite would only
+    # add compile time (twice an eager call's).
     if (dims == _DIMS and x4.shape[3] == 1 and kh > 1 and lhs_dilation == (1, 1)
-            and rhs_dilation == (1, 1)):
+            and rhs_dilation == (1, 1) and math.prod(x4.shape[:3]) >= _ROWS_MIN_PIXELS):
         def rows(x4, w4):
             return _rows_as_channels(x4, w4, stride, padding)
         return back(lax.platform_dependent(x4, w4, cpu=rows, default=xla))
@@ -130,7 +133,7 @@ def _rows_as_channels(x, w, stride, padding):
     the kh row shifts of the padded x stacked as channels, then a 1 x kw correlation with
     the (1, kw, kh, c_out) kernel. The same sums; XLA:CPU runs the one-channel convolution
     (a grayscale image's first layer) 2-3x slower than this one, forward and gradient
-    (benchmarks/RESULTS.md, "one-channel convolutions"); with more input channels it is not
+    (benchmarks/RESULTS.md, "One-channel convolutions"); with more input channels it is not
     faster, and other backends keep their own convolution."""
     (sh, sw), kh = stride, w.shape[0]
     xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in padding)

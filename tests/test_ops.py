@@ -101,35 +101,40 @@ def test_correlate_with_stride_and_explicit_padding():
 
 
 def test_one_channel_correlate_is_lax_convolution_with_its_derivatives():
-    """A one-channel input runs as the kernel's rows stacked as channels on CPU (faster on
-    XLA:CPU): the same values, gradients (both operands), forward-mode derivatives and
-    batching as lax's own convolution, over strides, SAME-like and ragged paddings."""
-    def lax_conv(x, w, stride, pads):
-        return jax.lax.conv_general_dilated(x, w, stride, pads,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """A one-channel input (of at least ~1k pixels) runs as the kernel's rows stacked as
+    channels on CPU (faster on XLA:CPU): the same values, gradients (both operands),
+    forward-mode derivatives and batching as lax's own convolution, over strides, SAME-like
+    and ragged paddings."""
+    def derivatives(conv):
+        """y, the vjp of dy in x and w, the jvp along (tx, tw), and conv vmapped over ±x: one
+        compiled program per convolution and case."""
+        def run(x, w, dy, tx, tw):
+            y, vjp = jax.vjp(conv, x, w)
+            batched = jax.vmap(conv, in_axes=(0, None))(jnp.stack([x, -x]), w)
+            return y, vjp(dy), jax.jvp(conv, (x, w), (tx, tw))[1], batched
+        return jax.jit(run)
 
-    cases = [((2, 7, 6, 1), (3, 3, 1, 2), (1, 1), ((1, 1), (1, 1))),
-             ((2, 9, 8, 1), (4, 2, 1, 3), (2, 3), ((1, 0), (0, 2)))]
+    cases = [((4, 16, 16, 1), (3, 3, 1, 2), (1, 1), ((1, 1), (1, 1))),
+             ((8, 13, 10, 1), (4, 2, 1, 3), (2, 3), ((1, 0), (0, 2)))]
     with jax.enable_x64(True):
         for i, (xs, ws, stride, pads) in enumerate(cases):
+            def conv(x, w, s=stride, p=pads):
+                return ops.correlate(x, w, stride=s, padding=p)
+
+            ours = derivatives(conv)
+            ref = derivatives(lambda x, w, s=stride, p=pads: jax.lax.conv_general_dilated(
+                x, w, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC")))
             x, w = jnp.asarray(normal(10 + i, xs)), jnp.asarray(normal(20 + i, ws))
-            ours = jax.jit(lambda x, w, s=stride, p=pads: ops.correlate(x, w, stride=s, padding=p))
-            ref = jax.jit(lambda x, w, s=stride, p=pads: lax_conv(x, w, s, p))
-            np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
-            y, vjp = jax.vjp(ours, x, w)
-            y_ref, vjp_ref = jax.vjp(ref, x, w)
-            dy = jnp.asarray(normal(30 + i, y.shape))
-            for got, want in zip(vjp(dy), vjp_ref(dy)):
-                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-            tx, tw = jnp.asarray(normal(40 + i, xs)), jnp.asarray(normal(50 + i, ws))
-            np.testing.assert_allclose(jax.jvp(ours, (x, w), (tx, tw))[1],
-                                       jax.jvp(ref, (x, w), (tx, tw))[1], rtol=1e-12, atol=1e-12)
-            batched = jax.vmap(ours, in_axes=(0, None))(x[:, None], w)
-            np.testing.assert_allclose(batched[:, 0], y_ref, rtol=1e-12, atol=1e-12)
+            y_shape = jax.eval_shape(conv, x, w).shape
+            args = (x, w, jnp.asarray(normal(30 + i, y_shape)), jnp.asarray(normal(40 + i, xs)),
+                    jnp.asarray(normal(50 + i, ws)))
+            got, want = ours(*args), ref(*args)
+            for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
         # The path is taken on CPU: the compiled convolution reads kh channels, not one.
         hlo = jax.jit(lambda x, w: ops.correlate(x, w, padding=((2, 2), (2, 2)))).lower(
-            jnp.zeros((2, 8, 8, 1)), jnp.zeros((5, 5, 1, 3))).compile().as_text()
-        assert "f64[2,8,12,5]" in hlo, "one-channel correlate did not stack the kernel's rows"
+            jnp.zeros((16, 8, 8, 1)), jnp.zeros((5, 5, 1, 3))).compile().as_text()
+        assert "f64[16,8,12,5]" in hlo, "one-channel correlate did not stack the kernel's rows"
 
 
 def test_rot180_flips_both_spatial_axes_only():
