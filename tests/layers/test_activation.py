@@ -61,6 +61,20 @@ def test_activations_on_hand_values():
     np.testing.assert_allclose(t, 2 * np.asarray(fn.sigmoid.apply({}, {}, 2 * x)[0]) - 1, rtol=1e-6)
 
 
+
+def test_relu_autodiff_takes_the_formulas_subgradient_at_zero():
+    """jax.grad of relu's forward and its hand backward agree at the kink x = 0 (both 0;
+    jnp.maximum's autodiff would split the tie into 0.5), so a manual-vs-autodiff check
+    of a network with an exact zero pre-activation does not flag a difference."""
+    x = jnp.array([-2.0, -0.0, 0.0, 3.0])
+    auto = jax.grad(lambda x: jnp.sum(fn.relu.apply({}, {}, x)[0]))(x)
+    _, _, cache = fn.relu.forward({}, {}, x)
+    manual = fn.relu.backward({}, cache, jnp.ones_like(x))[1]
+    np.testing.assert_array_equal(np.asarray(auto), [0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(manual), np.asarray(auto))
+    np.testing.assert_array_equal(np.asarray(jax.hessian(lambda x: jnp.sum(fn.relu.apply({}, {}, x)[0]))(x)),
+                                  np.zeros((4, 4)))
+
 def test_softmax_and_log_softmax_are_stable_for_huge_logits():
     z = jnp.array([[1000.0, 1001.0, 1002.0], [-1000.0, 0.0, 1000.0], [-5000.0, -5000.0, -5000.0]])
     s, _ = fn.softmax.apply({}, {}, z)
