@@ -3,7 +3,7 @@
     python -m benchmarks.one_channel [--repeats 5] [--inner 10]
 
 `ops.correlate` (every conv2d forward) runs a one-channel input on CPU as its kernel's kh row
-shifts stacked as channels, then a 1×kw convolution (`ops._rows_as_channels`). One child
+shifts stacked as channels, then a 1×kw convolution (`_cpu_conv.rows_as_channels`). One child
 process per XLA_FLAGS setting (XLA's default, and funcnet's), each timing jit-compiled
 relu(conv) ("fwd") and the gradient of Σ relu(conv)² with respect to the kernel ("grad", what a
 first layer's training step needs), interleaved, median ms per call:

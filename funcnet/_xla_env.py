@@ -18,7 +18,7 @@ import sys
 import warnings
 
 __all__ = ["DEFAULT_XLA_FLAGS", "apply_xla_defaults", "backend_started", "default_cache_dir",
-           "enable_compilation_cache", "setup_for_command"]
+           "enable_compilation_cache", "setup_for_command", "ynn_fusions_off"]
 
 # YNNPACK fusions off: XLA's own emitters ran LeNet's conv step faster on the measured CPU
 # (benchmarks/RESULTS.md, "XLA CPU flag map").
@@ -60,6 +60,16 @@ def apply_xla_defaults(flags: str = DEFAULT_XLA_FLAGS) -> bool:
         return False
     os.environ["XLA_FLAGS"] = flags
     return True
+
+
+def ynn_fusions_off() -> bool:
+    """Whether XLA_FLAGS turns YNNPACK's fusions off (funcnet's flag, or the user's own):
+    the last `--xla_cpu_experimental_ynn_fusion_type=` in it has an empty list. Read when a
+    program is traced, to pick the convolution arrangement measured fastest under it
+    (`_cpu_conv`); XLA itself read the variable when the backend started."""
+    name = "--xla_cpu_experimental_ynn_fusion_type="
+    values = [t[len(name):] for t in os.environ.get("XLA_FLAGS", "").split() if t.startswith(name)]
+    return bool(values) and values[-1].strip("\"'") == ""
 
 
 def default_cache_dir() -> str:

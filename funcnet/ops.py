@@ -21,14 +21,13 @@ import operator
 import jax.numpy as jnp
 from jax import lax
 
-from . import _validate
+from . import _cpu_conv, _validate
 from .errors import LayerError
 
 __all__ = ["correlate", "convolve", "rot180", "dilate", "pad_amounts", "out_size", "windows",
            "scatter_windows", "downsample", "upsample"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-_ROWS_MIN_PIXELS = 1024  # N·H·W of a one-channel input from which correlate stacks its rows
 
 
 def _as_4d(x, w=None):
@@ -118,30 +117,10 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
         return lax.conv_general_dilated(x4, w4, stride, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dims)
 
-    # Below ~1k input pixels XLA's own convolution takes microseconds: the rewrite would only
-    # add compile time (twice an eager call's).
-    if (dims == _DIMS and x4.shape[3] == 1 and kh > 1 and lhs_dilation == (1, 1)
-            and rhs_dilation == (1, 1) and math.prod(x4.shape[:3]) >= _ROWS_MIN_PIXELS):
-        def rows(x4, w4):
-            return _rows_as_channels(x4, w4, stride, padding)
-        return back(lax.platform_dependent(x4, w4, cpu=rows, default=xla))
+    form = _cpu_conv.cpu_form(x4, w4, stride, padding, lhs_dilation, rhs_dilation, dims)
+    if form is not None:  # the same sums, arranged as XLA:CPU runs them faster (_cpu_conv)
+        return back(lax.platform_dependent(x4, w4, cpu=form, default=xla))
     return back(xla(x4, w4))
-
-
-def _rows_as_channels(x, w, stride, padding):
-    """A one-channel NHWC correlation with the kernel's kh rows turned into kh channels:
-    the kh row shifts of the padded x stacked as channels, then a 1 x kw correlation with
-    the (1, kw, kh, c_out) kernel. The same sums; XLA:CPU runs the one-channel convolution
-    (a grayscale image's first layer) 2-3x slower than this one, forward and gradient
-    (benchmarks/RESULTS.md, "One-channel convolutions"); with more input channels it is not
-    faster, and other backends keep their own convolution."""
-    (sh, sw), kh = stride, w.shape[0]
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in padding)
-                 + ((0, 0, 0),))
-    ho = out_size(xp.shape[1], kh, sh)
-    rows = jnp.concatenate([xp[:, i:i + (ho - 1) * sh + 1:sh] for i in range(kh)], axis=3)
-    wr = jnp.transpose(w[:, :, 0, :], (1, 0, 2))[None]  # (1, kw, kh, c_out): row i is channel i
-    return lax.conv_general_dilated(rows, wr, (1, sw), ((0, 0), (0, 0)), dimension_numbers=_DIMS)
 
 
 def convolve(x, w, mode="valid"):

@@ -100,41 +100,71 @@ def test_correlate_with_stride_and_explicit_padding():
     np.testing.assert_allclose(y, valid_correlation(xp, k)[::2, ::3], rtol=1e-12, atol=1e-12)
 
 
-def test_one_channel_correlate_is_lax_convolution_with_its_derivatives():
-    """A one-channel input (of at least ~1k pixels) runs as the kernel's rows stacked as
-    channels on CPU (faster on XLA:CPU): the same values, gradients (both operands),
-    forward-mode derivatives and batching as lax's own convolution, over strides, SAME-like
-    and ragged paddings."""
-    def derivatives(conv):
-        """y, the vjp of dy in x and w, the jvp along (tx, tw), and conv vmapped over ±x: one
-        compiled program per convolution and case."""
-        def run(x, w, dy, tx, tw):
-            y, vjp = jax.vjp(conv, x, w)
-            batched = jax.vmap(conv, in_axes=(0, None))(jnp.stack([x, -x]), w)
-            return y, vjp(dy), jax.jvp(conv, (x, w), (tx, tw))[1], batched
-        return jax.jit(run)
+def _derivatives(conv):
+    """y, the vjp of dy in x and w, the jvp along (tx, tw), and conv vmapped over ±x: one
+    compiled program per convolution and case."""
+    def run(x, w, dy, tx, tw):
+        y, vjp = jax.vjp(conv, x, w)
+        batched = jax.vmap(conv, in_axes=(0, None))(jnp.stack([x, -x]), w)
+        return y, vjp(dy), jax.jvp(conv, (x, w), (tx, tw))[1], batched
+    return jax.jit(run)
 
-    cases = [((4, 16, 16, 1), (3, 3, 1, 2), (1, 1), ((1, 1), (1, 1))),
-             ((8, 13, 10, 1), (4, 2, 1, 3), (2, 3), ((1, 0), (0, 2)))]
+
+def _agrees_with_lax(cases, seed):
+    """ops.correlate and lax's convolution: the same values, gradients in both operands,
+    forward-mode derivatives and batching, in float64 (cases: x shape, kernel shape,
+    stride, padding, kernel layout)."""
     with jax.enable_x64(True):
-        for i, (xs, ws, stride, pads) in enumerate(cases):
-            def conv(x, w, s=stride, p=pads):
-                return ops.correlate(x, w, stride=s, padding=p)
+        for i, (xs, ws, stride, pads, kernel) in enumerate(cases):
+            dims = ("NHWC", kernel, "NHWC")
 
-            ours = derivatives(conv)
-            ref = derivatives(lambda x, w, s=stride, p=pads: jax.lax.conv_general_dilated(
-                x, w, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC")))
-            x, w = jnp.asarray(normal(10 + i, xs)), jnp.asarray(normal(20 + i, ws))
+            def conv(x, w, s=stride, p=pads, d=dims):
+                return ops.correlate(x, w, stride=s, padding=p, dims=d)
+
+            ours = _derivatives(conv)
+            ref = _derivatives(lambda x, w, s=stride, p=pads, d=dims: jax.lax.conv_general_dilated(
+                x, w, s, p, dimension_numbers=d))
+            s = seed + 10 * i
+            x, w = jnp.asarray(normal(s, xs)), jnp.asarray(normal(s + 1, ws))
             y_shape = jax.eval_shape(conv, x, w).shape
-            args = (x, w, jnp.asarray(normal(30 + i, y_shape)), jnp.asarray(normal(40 + i, xs)),
-                    jnp.asarray(normal(50 + i, ws)))
+            args = (x, w, jnp.asarray(normal(s + 2, y_shape)), jnp.asarray(normal(s + 3, xs)),
+                    jnp.asarray(normal(s + 4, ws)))
             got, want = ours(*args), ref(*args)
             for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-        # The path is taken on CPU: the compiled convolution reads kh channels, not one.
-        hlo = jax.jit(lambda x, w: ops.correlate(x, w, padding=((2, 2), (2, 2)))).lower(
-            jnp.zeros((16, 8, 8, 1)), jnp.zeros((5, 5, 1, 3))).compile().as_text()
-        assert "f64[16,8,12,5]" in hlo, "one-channel correlate did not stack the kernel's rows"
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-11)
+
+
+def _compiled(x_shape, w_shape, **kw):
+    with jax.enable_x64(True):
+        return jax.jit(lambda x, w: ops.correlate(x, w, **kw)).lower(
+            jnp.zeros(x_shape), jnp.zeros(w_shape)).compile().as_text()
+
+
+def test_one_channel_correlate_is_lax_convolution_with_its_derivatives():
+    """A one-channel input (of at least ~1k pixels) runs as the kernel's rows stacked as
+    channels on CPU (faster on XLA:CPU), over strides, SAME-like and ragged paddings."""
+    _agrees_with_lax([((4, 16, 16, 1), (3, 3, 1, 2), (1, 1), ((1, 1), (1, 1)), "HWIO"),
+                      ((8, 13, 10, 1), (4, 2, 1, 3), (2, 3), ((1, 0), (0, 2)), "HWIO")], 10)
+    # The path is taken on CPU: the compiled convolution reads kh channels, not one.
+    hlo = _compiled((16, 8, 8, 1), (5, 5, 1, 3), padding=((2, 2), (2, 2)))
+    assert "f64[16,8,12,5]" in hlo, "one-channel correlate did not stack the kernel's rows"
+
+
+def test_few_channel_correlate_runs_over_2x2_blocks_under_funcnets_flag(monkeypatch):
+    """With YNNPACK's fusions off (funcnet's flag), 2-6 channels in (a forward convolution)
+    or out (conv2d's dx, the kernel as HWOI) run over 2x2 blocks folded into channels: the
+    same values and derivatives as lax's convolution, for odd and even sides, kernels of
+    even and odd size and cropping pads. Under XLA's own flags (the suite's) XLA's
+    convolution is kept."""
+    assert ops._cpu_conv.cpu_form(jnp.zeros((8, 14, 14, 6)), jnp.zeros((5, 5, 6, 16)), (1, 1),
+                                  ((0, 0), (0, 0)), (1, 1), (1, 1), ops._DIMS) is None
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    _agrees_with_lax([((8, 14, 14, 6), (5, 5, 6, 4), (1, 1), ((0, 0), (0, 0)), "HWIO"),
+                      ((8, 15, 13, 3), (2, 3, 3, 5), (1, 1), ((1, 0), (2, 1)), "HWIO"),
+                      ((12, 10, 9, 5), (3, 3, 2, 5), (1, 1), ((2, 1), (-1, 2)), "HWOI")], 40)
+    # LeNet's second convolution: 14x14x6 as 7x7 blocks of 24 channels, 4x16 = 64 out
+    hlo = _compiled((8, 14, 14, 6), (5, 5, 6, 16))
+    assert "f64[8,7,7,24]" in hlo and "f64[3,3,24,64]" in hlo, "few-channel correlate not blocked"
 
 
 def test_rot180_flips_both_spatial_axes_only():

@@ -105,3 +105,18 @@ def test_xla_defaults_only_for_the_measured_jaxlib(monkeypatch):
     assert metadata.version("jaxlib").startswith(_xla_env.MEASURED_JAXLIB)
     monkeypatch.setattr(metadata, "version", lambda name: "0.99.0")
     assert not _xla_env.apply_xla_defaults() and "XLA_FLAGS" not in os.environ
+
+
+@pytest.mark.parametrize("flags, off", [
+    (None, False), ("", False), ("--xla_cpu_experimental_ynn_fusion_type=", True),
+    ("--xla_cpu_use_xnnpack=false --xla_cpu_experimental_ynn_fusion_type=''", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=dot,eltwise", False),
+    # the last one wins, as in XLA's own parsing
+    ("--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_ynn_fusion_type=dot", False),
+    ("--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_experimental_ynn_fusion_type=", True)])
+def test_ynn_fusions_off_reads_the_last_setting(monkeypatch, flags, off):
+    if flags is None:
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
+    else:
+        monkeypatch.setenv("XLA_FLAGS", flags)
+    assert _xla_env.ynn_fusions_off() is off

@@ -182,3 +182,35 @@ CONV_CURATED = [
 def test_conv2d(case, seed):
     out, kernel, stride, padding, hw, c_in = case
     three_way(("conv2d", out, kernel, stride, padding), (2,) + hw + (c_in,), seed)
+
+
+def test_conv2d_under_funcnets_flag_keeps_values_and_gradients(monkeypatch):
+    """With YNNPACK's fusions off (funcnet's flag) a 2-6 channel conv2d runs over 2x2 blocks,
+    forward, autodiff and its hand dx (ops._cpu_conv): the same output, and the same
+    gradients from the hand formulas and from jax.vjp, as XLA's own convolution gives."""
+    layer = fn.conv2d(5, 3, padding="SAME")
+    x_shape = (8, 12, 11, 3)  # >= 1024 pixels: the blocked path applies
+
+    def run(x, params, dy):
+        y, _, cache = layer.forward(params, {}, x)
+        manual = layer.backward(params, cache, dy)
+        auto = jax.vjp(lambda p, x: layer.forward(p, {}, x)[0], params, x)[1](dy)
+        return y, manual, auto
+
+    with jax.enable_x64(True):
+        params, _ = layer.init(jax.random.PRNGKey(0), x_shape, jnp.float64)
+        x = jnp.asarray(normal(1, x_shape))
+        dy = jnp.asarray(normal(2, x_shape[:3] + (5,)))
+        want = jax.jit(run)(x, params, dy)  # XLA's flags: XLA's convolution
+        monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+        blocked = jax.jit(lambda x, p, d: run(x, p, d))
+        assert "f64[8,7,7,12]" in blocked.lower(x, params, dy).compile().as_text()
+        got = blocked(x, params, dy)
+    y, (m_params, m_dx), (a_params, a_dx) = got
+    y0, (m_params0, m_dx0), _ = want
+    np.testing.assert_allclose(y, y0, rtol=1e-12, atol=1e-12)
+    for g in (m_params, a_params):
+        for k in ("w", "b"):
+            np.testing.assert_allclose(g[k], m_params0[k], rtol=1e-11, atol=1e-11)
+    for dx in (m_dx, a_dx):
+        np.testing.assert_allclose(dx, m_dx0, rtol=1e-11, atol=1e-11)
