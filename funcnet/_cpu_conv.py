@@ -12,8 +12,8 @@ channels and the output's channels are both wide. Two shapes of a small CNN are 
 Both are plain lax operations: autodiff, jvp, vmap and second derivatives go through them.
 `cpu_form` picks one (or none) for a `correlate` call and wraps it in
 `lax.platform_dependent`, so other backends keep XLA's own convolution. Measurements, and
-the cases where they lose: benchmarks/RESULTS.md, "One-channel convolutions" and
-"Few-channel convolutions".
+the cases where they lose: benchmarks/RESULTS.md, "One- and few-channel convolutions"
+(`python -m benchmarks.conv_forms`).
 """
 from __future__ import annotations
 
