@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = {"conv1": ((128, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2))),
          "conv2": ((128, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0)))}
 
@@ -127,22 +123,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.child:
         return child(args.repeats, args.inner)
-    from funcnet._xla_env import DEFAULT_XLA_FLAGS
-    for label, flags in (("XLA default", None), ("funcnet default", DEFAULT_XLA_FLAGS)):
-        env = dict(os.environ, FUNCNET_XLA_DEFAULTS="0")
-        env.pop("XLA_FLAGS", None)
-        if flags:
-            env["XLA_FLAGS"] = flags
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.conv_backward", "--child",
-                               "--repeats", str(args.repeats), "--inner", str(args.inner)],
-                              env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
-        line = [l for l in proc.stdout.splitlines() if l.startswith("JSON")]
-        res = json.loads(line[0][4:]) if line else {"error": proc.stderr[-800:]}
+    from .timing import per_flag_setting
+    for label, flags, res in per_flag_setting("benchmarks.conv_backward",
+                                              ["--repeats", str(args.repeats), "--inner", str(args.inner)]):
         print(f"== {label} ({flags or 'XLA_FLAGS unset'})")
         for case, r in res.items():
             print(f"  {case}: " + ("  ".join(f"{k} {v:.2f}" for k, v in r.items())
                                    if isinstance(r, dict) else str(r)))
-
 
 if __name__ == "__main__":
     main()

@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 # name: (x shape, kernel shape, padding, form)
 CASES = {
     "LeNet conv1 128×28×28×1, 5×5→6, SAME": ((128, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), "rows"),
@@ -114,25 +110,17 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.child:
         return child(args.repeats, args.inner)
-    from funcnet._xla_env import DEFAULT_XLA_FLAGS
+    from .timing import per_flag_setting
     print("| case | form | XLA_FLAGS | fwd lax | fwd form | grad lax | grad form |")
     print("|---|---|---|---|---|---|---|")
-    for label, flags in (("XLA default", None), ("funcnet default", DEFAULT_XLA_FLAGS)):
-        env = dict(os.environ, FUNCNET_XLA_DEFAULTS="0")
-        env.pop("XLA_FLAGS", None)
-        if flags:
-            env["XLA_FLAGS"] = flags
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.conv_forms", "--child",
-                               "--repeats", str(args.repeats), "--inner", str(args.inner)],
-                              env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")]
-        if not line:
-            print(f"| {label}: failed | {proc.stderr[-800:]!r} |")
+    for label, _, res in per_flag_setting("benchmarks.conv_forms",
+                                          ["--repeats", str(args.repeats), "--inner", str(args.inner)]):
+        if "error" in res:
+            print(f"| {label}: failed | {res['error']!r} |")
             continue
-        for case, r in json.loads(line[0][4:]).items():
+        for case, r in res.items():
             print(f"| {case} | {CASES[case][3]} | {label} | {r['fwd lax']:.2f} | {r['fwd form']:.2f} | "
                   f"{r['grad lax']:.2f} | {r['grad form']:.2f} |")
-
 
 if __name__ == "__main__":
     main()

@@ -67,3 +67,26 @@ def timed(fn, *args):
     t0 = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - t0
+
+
+def per_flag_setting(module: str, argv: List[str]):
+    """Run `python -m module --child *argv` twice, under XLA's default flags and under
+    funcnet's, each a fresh process (XLA reads XLA_FLAGS once, when its backend starts).
+    Yields (label, flags, result): the child's printed `JSON{...}` line, or {"error": the
+    end of its stderr}."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from funcnet._xla_env import DEFAULT_XLA_FLAGS
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for label, flags in (("XLA default", None), ("funcnet default", DEFAULT_XLA_FLAGS)):
+        env = dict(os.environ, FUNCNET_XLA_DEFAULTS="0")
+        env.pop("XLA_FLAGS", None)
+        if flags:
+            env["XLA_FLAGS"] = flags
+        proc = subprocess.run([sys.executable, "-m", module, "--child", *argv], env=env,
+                              capture_output=True, text=True, cwd=root)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")]
+        yield label, flags, (json.loads(line[0][4:]) if line else {"error": proc.stderr[-800:]})
