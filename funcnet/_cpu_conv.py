@@ -87,7 +87,8 @@ def space_to_depth(x, w, padding):
 def cpu_form(x, w, stride, padding, lhs_dilation, rhs_dilation, dims):
     """The faster XLA:CPU arrangement of this `correlate` call, as a function (x, w) -> y
     taking the kernel as given in `dims`; None where XLA's convolution is kept."""
-    if lhs_dilation != (1, 1) or rhs_dilation != (1, 1) or math.prod(x.shape[:3]) < MIN_PIXELS:
+    if (isinstance(padding, str) or lhs_dilation != (1, 1) or rhs_dilation != (1, 1)
+            or math.prod(x.shape[:3]) < MIN_PIXELS):
         return None
     kh, kw = w.shape[:2]
     if kh * kw == 1:

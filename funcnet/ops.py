@@ -110,7 +110,8 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
         else:
             raise LayerError(f"ops.correlate: mode must be 'valid' or 'full', got {mode!r}")
     stride, lhs_dilation, rhs_dilation = _pair(stride), _pair(lhs_dilation), _pair(rhs_dilation)
-    padding = tuple(_pair(p) for p in padding)
+    if not isinstance(padding, str):  # lax's own "SAME" / "VALID" pass through to XLA
+        padding = tuple(_pair(p) for p in padding)
     w4 = w4.astype(x4.dtype)
 
     def xla(x4, w4):
