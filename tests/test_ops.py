@@ -156,6 +156,7 @@ def test_few_channel_correlate_runs_over_2x2_blocks_under_funcnets_flag(monkeypa
     same values and derivatives as lax's convolution, for odd and even sides, kernels of
     even and odd size and cropping pads. Under XLA's own flags (the suite's) XLA's
     convolution is kept."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # XLA's own flags, whatever the run's
     assert ops._cpu_conv.cpu_form(jnp.zeros((8, 14, 14, 6)), jnp.zeros((5, 5, 6, 16)), (1, 1),
                                   ((0, 0), (0, 0)), (1, 1), (1, 1), ops._DIMS) is None
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")

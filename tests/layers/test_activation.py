@@ -61,7 +61,6 @@ def test_activations_on_hand_values():
     np.testing.assert_allclose(t, 2 * np.asarray(fn.sigmoid.apply({}, {}, 2 * x)[0]) - 1, rtol=1e-6)
 
 
-
 def test_relu_autodiff_takes_the_formulas_subgradient_at_zero():
     """jax.grad of relu's forward and its hand backward agree at the kink x = 0 (both 0;
     jnp.maximum's autodiff would split the tie into 0.5), so a manual-vs-autodiff check
@@ -74,6 +73,7 @@ def test_relu_autodiff_takes_the_formulas_subgradient_at_zero():
     np.testing.assert_array_equal(np.asarray(manual), np.asarray(auto))
     np.testing.assert_array_equal(np.asarray(jax.hessian(lambda x: jnp.sum(fn.relu.apply({}, {}, x)[0]))(x)),
                                   np.zeros((4, 4)))
+
 
 def test_softmax_and_log_softmax_are_stable_for_huge_logits():
     z = jnp.array([[1000.0, 1001.0, 1002.0], [-1000.0, 0.0, 1000.0], [-5000.0, -5000.0, -5000.0]])

@@ -197,11 +197,12 @@ def test_conv2d_under_funcnets_flag_keeps_values_and_gradients(monkeypatch):
         auto = jax.vjp(lambda p, x: layer.forward(p, {}, x)[0], params, x)[1](dy)
         return y, manual, auto
 
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the reference: XLA's convolution
     with jax.enable_x64(True):
         params, _ = layer.init(jax.random.PRNGKey(0), x_shape, jnp.float64)
         x = jnp.asarray(normal(1, x_shape))
         dy = jnp.asarray(normal(2, x_shape[:3] + (5,)))
-        want = jax.jit(run)(x, params, dy)  # XLA's flags: XLA's convolution
+        want = jax.jit(run)(x, params, dy)
         monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
         blocked = jax.jit(lambda x, p, d: run(x, p, d))
         assert "f64[8,7,7,12]" in blocked.lower(x, params, dy).compile().as_text()
