@@ -67,6 +67,9 @@ def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
             raise FuncnetError(f"parallel: the mesh needs an axis named {AXIS!r} to shard the "
                                f"batch along, got axes {devices.axis_names}")
         return devices
+    if devices is not None and (isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__")):
+        raise FuncnetError(f"parallel: devices must be a sequence of devices or a Mesh, got "
+                           f"{devices!r}; for the first n devices pass jax.devices()[:n]")
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise FuncnetError("parallel: devices is empty; pass e.g. devices=jax.devices()")
@@ -78,6 +81,9 @@ def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
 def make_mesh_2d(devices: Optional[Sequence] = None, *, model: int) -> Mesh:
     """A 2-D `Mesh` (batch x model): `model` devices share each weight matrix (its output
     columns split among them), and the batch is split over len(devices) / model groups."""
+    if devices is not None and (isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__")):
+        raise FuncnetError(f"parallel: devices must be a sequence of devices or a Mesh, got "
+                           f"{devices!r}; for the first n devices pass jax.devices()[:n]")
     devices = jax.devices() if devices is None else list(devices)
     if isinstance(model, bool) or not isinstance(model, int) or model < 1 or len(devices) % model:
         raise FuncnetError(f"parallel: model must be a positive int dividing the {len(devices)} "

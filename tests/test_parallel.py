@@ -95,6 +95,8 @@ def test_mesh_and_shardings_on_one_device():
 
 
 def test_mesh_errors():
+    with pytest.raises(fn.FuncnetError, match=r"sequence of devices or a Mesh, got 4; .*\[:n\]"):
+        parallel.make_mesh(4)
     with pytest.raises(fn.FuncnetError, match="devices is empty"):
         parallel.make_mesh([])
     with pytest.raises(fn.FuncnetError, match="lists a device twice"):
