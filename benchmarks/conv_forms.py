@@ -42,19 +42,6 @@ CASES = {
 }
 
 
-def rows(x, w, pads):
-    """kh row shifts of the padded x as kh·c_in channels (channel i·c_in + c), then 1×kw."""
-    import jax.numpy as jnp
-    from jax import lax
-    kh, kw, c, o = w.shape
-    xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-    ho = xp.shape[1] - kh + 1
-    stacked = jnp.concatenate([xp[:, i:i + ho] for i in range(kh)], axis=-1)
-    wr = w.reshape(1, kh, kw, c, o).transpose(0, 2, 1, 3, 4).reshape(1, kw, kh * c, o)
-    return lax.conv_general_dilated(stacked, wr, (1, 1), "VALID",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def child(repeats, inner):
     import functools
 
@@ -62,7 +49,7 @@ def child(repeats, inner):
     import jax.numpy as jnp
     from jax import lax
 
-    from funcnet import _cpu_conv, ops
+    from funcnet import _cpu_conv
 
     from .timing import interleaved
 
@@ -74,13 +61,10 @@ def child(repeats, inner):
     for case, (x_shape, w_shape, pads, form) in CASES.items():
         x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
         w = jnp.asarray(rng.standard_normal(w_shape, np.float32))
-        # funcnet's own path for c_in = 1 (ops.correlate), the generalized rows for more
         if form == "blocks":
             mine = functools.partial(_cpu_conv.space_to_depth, padding=pads)
-        elif x_shape[3] == 1:
-            mine = functools.partial(ops.correlate, padding=pads)
-        else:
-            mine = functools.partial(rows, pads=pads)
+        else:  # for c_in = 1 what ops.correlate runs; for more, what it does not
+            mine = functools.partial(_cpu_conv.rows_as_channels, stride=(1, 1), padding=pads)
         ref = np.asarray(jax.jit(lax_conv, static_argnums=2)(x, w, pads))
         got = np.asarray(jax.jit(lambda x, w, f=mine: f(x, w))(x, w))
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

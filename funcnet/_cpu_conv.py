@@ -40,14 +40,15 @@ def _pad(x, padding):
 
 
 def rows_as_channels(x, w, stride, padding):
-    """y = x ⋆ w for one input channel: the kh row shifts of the padded x stacked as kh
-    channels (channel i = row shift i, strided), then a 1 x kw correlation with the
-    (1, kw, kh, c_out) kernel."""
-    (sh, sw), kh = stride, w.shape[0]
+    """y = x ⋆ w with the kernel's rows as channels: the kh row shifts of the padded x
+    stacked as kh·c_in channels (channel i·c_in + c = row shift i, strided, channel c), then a
+    1 x kw correlation with the (1, kw, kh·c_in, c_out) kernel. `cpu_form` uses it for one
+    input channel only (with more it was slower: benchmarks/conv_forms.py)."""
+    (sh, sw), (kh, kw, c, o) = stride, w.shape
     xp = _pad(x, padding)
     ho = (xp.shape[1] - kh) // sh + 1
     rows = jnp.concatenate([xp[:, i:i + (ho - 1) * sh + 1:sh] for i in range(kh)], axis=3)
-    wr = jnp.transpose(w[:, :, 0, :], (1, 0, 2))[None]  # (1, kw, kh, c_out): row i is channel i
+    wr = jnp.transpose(w, (1, 0, 2, 3)).reshape(1, kw, kh * c, o)
     return lax.conv_general_dilated(rows, wr, (1, sw), ((0, 0), (0, 0)), dimension_numbers=NHWC_HWIO)
 
 

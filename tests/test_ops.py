@@ -145,6 +145,14 @@ def test_one_channel_correlate_is_lax_convolution_with_its_derivatives():
     channels on CPU (faster on XLA:CPU), over strides, SAME-like and ragged paddings."""
     _agrees_with_lax([((4, 16, 16, 1), (3, 3, 1, 2), (1, 1), ((1, 1), (1, 1)), "HWIO"),
                       ((8, 13, 10, 1), (4, 2, 1, 3), (2, 3), ((1, 0), (0, 2)), "HWIO")], 10)
+    # The arrangement itself holds for more channels (benchmarks/conv_forms.py times it there)
+    with jax.enable_x64(True):
+        x, w = jnp.asarray(normal(60, (2, 9, 8, 3))), jnp.asarray(normal(61, (3, 2, 3, 4)))
+        np.testing.assert_allclose(
+            ops._cpu_conv.rows_as_channels(x, w, (2, 1), ((1, 0), (0, 1))),
+            jax.lax.conv_general_dilated(x, w, (2, 1), ((1, 0), (0, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            rtol=1e-12, atol=1e-12)
     # The path is taken on CPU: the compiled convolution reads kh channels, not one.
     hlo = _compiled((16, 8, 8, 1), (5, 5, 1, 3), padding=((2, 2), (2, 2)))
     assert "f64[16,8,12,5]" in hlo, "one-channel correlate did not stack the kernel's rows"
