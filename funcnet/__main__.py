@@ -1,6 +1,6 @@
 """`python -m funcnet`: the same as the `funcnet` command (see funcnet/cli.py)."""
 import sys
 
-from .cli import main
+from .cli import _exit_fast, _main
 
-sys.exit(main())
+_exit_fast(_main(sys.argv[1:]))

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["normal", "uniform", "bernoulli", "randint", "batched_normals"]
+__all__ = ["normal", "uniform", "bernoulli", "randint", "split", "batched_normals"]
 
 
 _SMALLEST, _LARGEST = 64, 1 << 22  # buckets; above 4M elements the compile is not the cost
@@ -61,6 +61,12 @@ def _draw(draw, key, shape, scale=None):
     out = draw(key, (m,))
     if scale is not None:  # before the cut: one compiled multiply per bucket, same values
         out = scale * out
+    if not isinstance(key, jax.core.Tracer) and m <= _LARGEST:
+        # Eager: cut and reshape on the host and put the result back (two copies of at
+        # most 4M elements), where an eager slice and reshape compile a program each per
+        # shape (~25 ms apiece on XLA:CPU, most of what was left of an eager init).
+        host = np.asarray(out)[:n].reshape(shape)
+        return jax.device_put(host, out.sharding) if out.committed else jax.device_put(host)
     if m != n:
         out = jax.lax.slice(out, (0,), (n,))
     return out.reshape(shape)
@@ -88,6 +94,20 @@ def bernoulli(key, p, shape):
 
 def randint(key, shape, minval, maxval, dtype=jnp.int32):
     return _draw(lambda k, s: jax.random.randint(k, s, minval, maxval, dtype), key, shape)
+
+
+def split(key, num: int = 2):
+    """jax.random.split(key, num) as a tuple of `num` keys, the same values. With a concrete
+    key, one compiled program per count that returns the keys one by one, where splitting
+    and then iterating over the keys compiles two (the split and an `unstack`)."""
+    if isinstance(key, jax.core.Tracer):
+        return tuple(jax.random.split(key, num))
+    return _split_program(int(num))(key)
+
+
+@functools.cache
+def _split_program(num):
+    return jax.jit(lambda key: tuple(jax.random.split(key, num)))
 
 
 _BATCH = contextvars.ContextVar("funcnet_random_batch", default=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import operator
 from typing import Tuple
 
+import jax
 import jax.numpy as jnp
 
 from .errors import LayerError
@@ -62,6 +63,14 @@ def _is_int(value) -> bool:
 def float_dtype(dtype):
     """The dtype parameters are created in: float32 unless asked otherwise."""
     return jnp.float32 if dtype is None else jnp.dtype(dtype)
+
+
+def dtype_of(value):
+    """The dtype JAX gives `value`, without converting it: jnp.asarray of a NumPy array or a
+    Python number compiles (and runs) a small program per shape just to say it."""
+    if hasattr(value, "dtype"):
+        return jax.dtypes.canonicalize_dtype(value.dtype)
+    return jnp.asarray(value).dtype  # lists and Python scalars: rare on these paths
 
 
 

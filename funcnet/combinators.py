@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from . import _random
 from ._validate import as_int, check
 from .core import Layer, LayerError, infer_output_shape, is_shape, serial
 
@@ -82,7 +83,7 @@ def parallel(*layers: Layer) -> Layer:
 
     def init(key, input_shape, dtype=None):
         shapes = _tuple_shapes(input_shape, "parallel", n)
-        keys = jax.random.split(key, n)
+        keys = _random.split(key, n)
         out = each(lambda i, l, k, s: l.init(k, s) if dtype is None else l.init(k, s, dtype),
                    keys, shapes)
         return tuple(p for p, _ in out), tuple(s for _, s in out)
@@ -91,7 +92,7 @@ def parallel(*layers: Layer) -> Layer:
         check(isinstance(x, (tuple, list)) and len(x) == n,
               f"parallel of {n} branches expects a tuple of {n} arrays, got "
               f"{len(x) if isinstance(x, (tuple, list)) else 'one array'}")
-        keys = [None] * n if key is None else jax.random.split(key, n)
+        keys = [None] * n if key is None else _random.split(key, n)
         out = each(lambda i, l, p, s, xi, k: l.forward(p, s, xi, train=train, key=k),
                    params, state, x, keys)
         return tuple(o[0] for o in out), tuple(o[1] for o in out), tuple(o[2] for o in out)

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from . import _random
 from ._validate import nonempty_shape
 from .errors import FuncnetError, LayerError
 
@@ -132,7 +133,7 @@ def serial(*layers: Layer) -> Layer:
         return shape
 
     def init(key, input_shape, dtype=None):
-        keys = jax.random.split(key, max(len(layers), 1))
+        keys = _random.split(key, max(len(layers), 1))
         params, state, shape = [], [], as_shape(input_shape)
         for i, (layer, k) in enumerate(zip(layers, keys)):
             try:
@@ -148,7 +149,7 @@ def serial(*layers: Layer) -> Layer:
     def forward(params, state, x, *, train=False, key=None):
         _check_tuple(params, len(layers), "params")
         _check_tuple(state, len(layers), "state")
-        keys = [None] * len(layers) if key is None else jax.random.split(key, max(len(layers), 1))
+        keys = [None] * len(layers) if key is None else _random.split(key, max(len(layers), 1))
         new_state, cache = [], []
         for i, layer in enumerate(layers):
             try:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validate import dtype_of
 from .core import FuncnetError
 
 __all__ = ["softmax_cross_entropy", "binary_cross_entropy", "mse", "mae", "rmse", "l2", "accuracy",
@@ -46,9 +47,9 @@ def check_labels(logits_shape, labels, where="softmax_cross_entropy"):
         raise FuncnetError(f"{where}: expected logits (batch, ..., classes) and integer labels "
                            f"(batch, ...) of the same leading shape, got logits {logits_shape} "
                            f"and labels {labels_shape}")
-    if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
-        raise FuncnetError(f"{where}: labels must be integer class indices, got dtype "
-                           f"{jnp.asarray(labels).dtype}")
+    dtype = dtype_of(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise FuncnetError(f"{where}: labels must be integer class indices, got dtype {dtype}")
     values, classes = _concrete(labels), logits_shape[-1]
     if values is not None and values.size:
         lo, hi = int(values.min()), int(values.max())

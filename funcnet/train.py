@@ -192,7 +192,7 @@ def init_train_state(model: Layer, optimizer, input_shape, key, *, dtype=None) -
     """A fresh TrainState: `model.init` from one half of `key`, the other half for steps.
     model.init and optimizer.init run as one compiled program (not dozens of small ones)."""
     _check_optimizer(optimizer, "init_train_state")
-    k_init, k_step = jax.random.split(_raw_key(key, "init_train_state"))
+    k_init, k_step = _random.split(_raw_key(key, "init_train_state"))
     init = _jitted_init(model, optimizer, tuple(input_shape), dtype)
     jax.eval_shape(init, k_init, k_step)  # shape errors (LayerError) before compiling
     return init(k_init, k_step)
@@ -563,7 +563,7 @@ def _check_model_fits(model, like, settings, where) -> str:
 
 def _fit_keys(key):
     """(data key, init key, step key) of fit's key."""
-    k_init, k_data, k_step = jax.random.split(key, 3)
+    k_init, k_data, k_step = _random.split(key, 3)
     return k_data, k_init, k_step
 
 

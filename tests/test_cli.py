@@ -33,6 +33,16 @@ def test_console_script_is_cli_main():
     assert entry.load() is cli.main
 
 
+def test_the_command_exits_with_atexit_handlers_run_and_streams_flushed():
+    """The command ends its process without the interpreter's teardown (cli._exit_fast):
+    atexit handlers still run, buffered output still arrives, the status is kept."""
+    code = ("import atexit; from funcnet import cli; atexit.register(print, 'atexit ran'); "
+            "print('partial', end=''); cli._exit_fast(4)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert proc.returncode == 4 and proc.stdout == "partialatexit ran\n", proc
+
+
 def test_train_one_epoch_writes_its_run(tmp_path):
     out = tmp_path / "runs" / "tiny"
     proc = run("train", "--model", "mlp", "--epochs", "1", "--out", str(out), cwd=tmp_path)

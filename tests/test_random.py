@@ -81,6 +81,24 @@ def test_eager_sizes_round_up_to_a_power_of_two_and_jit_draws_exactly_n():
     assert fr._bucket(jax.random.key(0, impl="rbg"), 100) == 100  # another PRNG: exactly n
 
 
+def test_split_equals_jax_random_split_and_eager_draws_stay_on_their_device():
+    """fr.split is jax.random.split as a tuple (raw and typed keys, eager and in jit); an
+    eager draw cut on the host comes back as a JAX array, committed where its key was."""
+    for key in (jax.random.PRNGKey(5), jax.random.key(5)):
+        want = jax.random.split(key, 3)
+        data = jax.random.key_data if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else None
+        for got in (fr.split(key, 3), jax.jit(lambda k: fr.split(k, 3))(key)):
+            assert isinstance(got, tuple) and len(got) == 3
+            for g, w in zip(got, want):
+                _assert_same(*(data(a) if data else a for a in (g, w)), "split")
+    key = jax.random.PRNGKey(1)
+    draw = fr.normal(key, (2, 3))
+    assert isinstance(draw, jax.Array) and not draw.committed
+    device = jax.devices()[0]
+    draw = fr.normal(jax.device_put(key, device), (2, 3))
+    assert draw.committed and draw.devices() == {device}
+
+
 def _leaves_equal(a, b, what):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b), what
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validate import dtype_of
+
 __all__ = []
 
 
@@ -53,9 +55,9 @@ def working_precision() -> Precision:
 def cast(tree, dtype):
     """Floating leaves of tree as `dtype`; integer and bool leaves unchanged."""
     def one(a):
-        if not jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating):
+        if not jnp.issubdtype(dtype_of(a), jnp.floating):
             return a
-        # Through NumPy: a host-side cast and a transfer, where an eager jnp cast would
-        # compile a small program per shape (~0.3 s for a model's leaves).
-        return jnp.asarray(np.asarray(a).astype(dtype, copy=False))
+        # Through NumPy: a host-side cast and a transfer, where an eager jnp cast, and even
+        # jnp.asarray of a NumPy array, compiles a small program per shape (~10 ms each).
+        return jax.device_put(np.asarray(a).astype(dtype, copy=False))
     return jax.tree_util.tree_map(one, tree)

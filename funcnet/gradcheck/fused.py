@@ -118,9 +118,9 @@ def fused_check(objective, exact, point, big, directions, eps, one_by_one=()):
 
     # (LLVM -O0 for this program was measured and rejected: benchmarks/RESULTS.md,
     # "Gradient checking (#12)".)
+    # NumPy arguments go in as they are: jnp.asarray would compile a program for each
     value, auto, manual, f0, coords, along = jax.jit(program)(
-        leaves, jnp.asarray(rows), jnp.asarray(signs), jnp.asarray(table), jnp.asarray(s_idx),
-        jnp.asarray(s_sign), jnp.asarray(s_coord))
+        leaves, rows, signs, table, s_idx, s_sign, s_coord)
     f0 = float(f0)
     out_c, out_p = {}, {}
     if small:

@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape
 from ..core import Layer
 from ..initializers import _resolve, gaussian, glorot_uniform, zeros
@@ -56,7 +57,7 @@ def self_attention(num_heads: int, causal: bool = False, w_init=glorot_uniform) 
     def init(key, input_shape, dtype=None):
         input_shape = output_shape(nonempty_shape(input_shape, "self_attention"))
         d, dtype = input_shape[2], float_dtype(dtype)
-        k1, k2 = jax.random.split(key)
+        k1, k2 = _random.split(key)
         return {"w_qkv": w_init(k1, (d, 3 * d), dtype), "b_qkv": zeros(None, (3 * d,), dtype),
                 "w_o": w_init(k2, (d, d), dtype), "b_o": zeros(None, (d,), dtype)}, {}
 

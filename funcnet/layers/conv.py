@@ -5,8 +5,8 @@
 where xp is the input zero-padded by `padding`. The notes write the same layer as a true
 convolution with the kernel rotated by 180 degrees; the two are the same function.
 """
-import jax
 
+from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape, padding_spec, positive_pair
 from ..core import Layer
 from ..initializers import _resolve, xavier, zeros
@@ -22,7 +22,7 @@ def kernel_params(key, input_shape, dtype, name, output_shape, kernel, out_chann
     own output_shape."""
     input_shape = nonempty_shape(input_shape, name)
     output_shape(input_shape)
-    kw, kb = jax.random.split(key)
+    kw, kb = _random.split(key)
     dtype = float_dtype(dtype)
     w = w_init(kw, tuple(kernel) + (input_shape[3], out_channels), dtype)
     return {"w": w, "b": b_init(kb, (out_channels,), dtype)}, {}

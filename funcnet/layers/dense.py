@@ -1,6 +1,6 @@
 """Fully-connected (affine) layer: y = x W + b, with x of shape (batch, features)."""
-import jax
 
+from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape
 from ..core import Layer
 from ..initializers import _resolve, xavier, zeros
@@ -25,7 +25,7 @@ def dense(out: int, w_init=xavier, b_init=zeros) -> Layer:
     def init(key, input_shape, dtype=None):
         input_shape = nonempty_shape(input_shape, "dense")
         output_shape(input_shape)
-        kw, kb = jax.random.split(key)
+        kw, kb = _random.split(key)
         dtype = float_dtype(dtype)
         return {"w": w_init(kw, (input_shape[1], out), dtype), "b": b_init(kb, (out,), dtype)}, {}
 

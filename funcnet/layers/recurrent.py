@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape
 from ..core import Layer
 from ..initializers import _resolve, lecun_normal, zeros
@@ -31,7 +32,7 @@ def _recurrent_init(name, hidden, width, output_shape, w_init):
     def init(key, input_shape, dtype=None):
         input_shape = nonempty_shape(input_shape, name)
         output_shape(input_shape)
-        kx, kh = jax.random.split(key)
+        kx, kh = _random.split(key)
         dtype = float_dtype(dtype)
         return {"w_x": w_init(kx, (input_shape[2], width), dtype),
                 "w_h": w_init(kh, (hidden, width), dtype),
