@@ -324,7 +324,7 @@ def _eval_function(model, loss, task):
     return _cached(("eval", model, loss, task), lambda: jax.jit(sums))
 
 
-def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=None) -> dict:
+def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 512, loss=None) -> dict:
     """Metrics of the model (train=False) over all of (x, y), batch by batch.
 
     Returns {"loss", "accuracy"} for classification (integer labels; `loss` defaults to
@@ -333,7 +333,8 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 256, loss=N
     the same shape (the last one is padded and its padding masked), so one compilation
     serves any data size, and the result is exact: the loss is the mean of per-example
     losses (for mse/mae/rmse the mean over all elements, rmse = √mse), whatever
-    `batch_size`.
+    `batch_size`. Its default is `fit`'s `eval_batch_size`: evaluating fit's val_data
+    afterwards reuses the program fit compiled for it.
     """
     return _evaluator(model, params, state, x, y, batch_size=batch_size, loss=loss)(params, state)
 
