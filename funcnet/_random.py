@@ -61,10 +61,11 @@ def _draw(draw, key, shape, scale=None):
     out = draw(key, (m,))
     if scale is not None:  # before the cut: one compiled multiply per bucket, same values
         out = scale * out
-    if not isinstance(key, jax.core.Tracer) and m <= _LARGEST:
-        # Eager: cut and reshape on the host and put the result back (two copies of at
-        # most 4M elements), where an eager slice and reshape compile a program each per
-        # shape (~25 ms apiece on XLA:CPU, most of what was left of an eager init).
+    if not isinstance(out, jax.core.Tracer) and m <= _LARGEST:
+        # Eager (a concrete key closed over by a jitted function still draws a tracer):
+        # cut and reshape on the host and put the result back (two copies of at most 4M
+        # elements), where an eager slice and reshape compile a program each per shape
+        # (~25 ms apiece on XLA:CPU, most of what was left of an eager init).
         host = np.asarray(out)[:n].reshape(shape)
         return jax.device_put(host, out.sharding) if out.committed else jax.device_put(host)
     if m != n:
