@@ -16,7 +16,6 @@ Each variant is checked against the `conv` one before it is timed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -116,14 +115,10 @@ def child(repeats, inner):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--inner", type=int, default=20)
-    args = p.parse_args(argv)
+    from .timing import child_options, per_flag_setting
+    args = child_options(__doc__, argv, repeats=7, inner=20)
     if args.child:
         return child(args.repeats, args.inner)
-    from .timing import per_flag_setting
     for label, flags, res in per_flag_setting("benchmarks.conv_backward",
                                               ["--repeats", str(args.repeats), "--inner", str(args.inner)]):
         print(f"== {label} ({flags or 'XLA_FLAGS unset'})")

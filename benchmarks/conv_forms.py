@@ -21,7 +21,6 @@ Each arrangement's result is checked against `lax` before it is timed, under bot
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -87,14 +86,10 @@ def child(repeats, inner):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--inner", type=int, default=10)
-    args = p.parse_args(argv)
+    from .timing import child_options, per_flag_setting
+    args = child_options(__doc__, argv, repeats=5, inner=10)
     if args.child:
         return child(args.repeats, args.inner)
-    from .timing import per_flag_setting
     print("| case | form | XLA_FLAGS | fwd lax | fwd form | grad lax | grad form |")
     print("|---|---|---|---|---|---|---|")
     for label, _, res in per_flag_setting("benchmarks.conv_forms",

@@ -69,6 +69,17 @@ def timed(fn, *args):
     return result, time.perf_counter() - t0
 
 
+def child_options(doc: str, argv, *, repeats: int, inner: int):
+    """Parse the options of a benchmark run once per flag setting by `per_flag_setting`:
+    --repeats, --inner, and the hidden --child its child processes get."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--inner", type=int, default=inner)
+    return p.parse_args(argv)
+
+
 def per_flag_setting(module: str, argv: List[str]):
     """Run `python -m module --child *argv` twice, under XLA's default flags and under
     funcnet's, each a fresh process (XLA reads XLA_FLAGS once, when its backend starts).
