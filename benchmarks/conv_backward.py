@@ -83,7 +83,7 @@ def child(repeats, inner):
 
     import jax
 
-    from .timing import interleaved
+    from .timing import calls, interleaved
     dws, dxs = variants()
     rng = np.random.default_rng(0)
     out = {}
@@ -103,12 +103,7 @@ def child(repeats, inner):
                 val = np.asarray(g(*args))
                 ref = val if ref is None else ref
                 np.testing.assert_allclose(val, ref, rtol=1e-3, atol=1e-2 * np.abs(ref).max())
-
-                def run(n, g=g, args=args):
-                    for _ in range(n):
-                        r = g(*args)
-                    jax.block_until_ready(r)
-                runners[f"{kind} {name}"] = run
+                runners[f"{kind} {name}"] = calls(g, *args)
         res = interleaved(runners, repeats=repeats, inner=inner)
         out[case] = {k: 1e3 * float(np.median(v)) for k, v in res.items()}
     print("JSON" + json.dumps(out), flush=True)

@@ -50,7 +50,7 @@ def child(repeats, inner):
 
     from funcnet import _cpu_conv
 
-    from .timing import interleaved
+    from .timing import calls, interleaved
 
     def lax_conv(x, w, pads):
         return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -72,11 +72,7 @@ def child(repeats, inner):
             grad = jax.jit(jax.grad(lambda w, x, f=conv: jnp.sum(jax.nn.relu(f(x, w)) ** 2),
                                     argnums=(0, 1) if form == "blocks" else 0))
             for kind, g, args in (("fwd", fwd, (x, w)), ("grad", grad, (w, x))):
-                def run(n, g=g, args=args):
-                    for _ in range(n):
-                        r = g(*args)
-                    jax.block_until_ready(r)
-                runners[f"{case}|{kind} {'lax' if way == 'lax' else 'form'}"] = run
+                runners[f"{case}|{kind} {'lax' if way == 'lax' else 'form'}"] = calls(g, *args)
     res = interleaved(runners, repeats=repeats, inner=inner)
     out = {}
     for key, v in res.items():

@@ -62,6 +62,18 @@ def interleaved(runners: Dict[str, Callable[[int], None]], *, repeats: int = 7, 
     return out
 
 
+def calls(fn, *args):
+    """A runner for `interleaved`: runner(n) calls fn(*args) n times, then blocks on the
+    last result (a jitted JAX function's calls are asynchronous)."""
+    import jax
+
+    def run(n):
+        for _ in range(n):
+            result = fn(*args)
+        jax.block_until_ready(result)
+    return run
+
+
 def timed(fn, *args):
     """(result, seconds) of one call."""
     t0 = time.perf_counter()
