@@ -73,7 +73,6 @@ def dtype_of(value):
     return jnp.asarray(value).dtype  # lists and Python scalars: rare on these paths
 
 
-
 def padding_spec(value, where: str):
     """A padding spec, checked: "VALID" or "SAME" (any case, returned upper-case), or
     ((top, bottom), (left, right)) of non-negative ints (an int n means n on every side)."""
