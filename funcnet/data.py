@@ -37,8 +37,8 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from ._files import atomic_write
 from ._validate import as_int
-from .checkpoint import atomic_write
 from .errors import FuncnetError
 
 __all__ = ["DataError", "DATASETS", "SCALES", "load", "split", "load_idx", "read_idx",
