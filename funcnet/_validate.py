@@ -1,10 +1,14 @@
-"""Argument checks shared by every module: one way to check an int, a pair, a condition.
+"""Argument checks shared by every module: one way to check an int, a float, a pair, a
+condition.
 
 Private to the package: layers, training and data import these; users never need them.
-NumPy integers are accepted wherever a Python int is (`operator.index`), bools are not.
+NumPy integers are accepted wherever a Python int is (`operator.index`), NumPy floats and
+ints wherever a Python float is (`numbers.Real`); bools are neither.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Tuple
 
@@ -13,8 +17,8 @@ import jax.numpy as jnp
 
 from .errors import LayerError
 
-__all__ = ["check", "as_int", "positive_pair", "float_dtype", "padding_spec", "nonempty_shape",
-           "shape_token"]
+__all__ = ["check", "as_int", "as_float", "positive_pair", "float_dtype", "padding_spec",
+           "nonempty_shape", "shape_token"]
 
 
 def check(condition: bool, message: str):
@@ -32,6 +36,39 @@ def as_int(value, what: str, where: str, *, minimum: int = 1, error=LayerError) 
         kind = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
         raise error(f"{where}: {what} must be {kind}, got {value!r}")
     return value
+
+
+def as_float(value, what: str, where: str, *, low=None, high=None, low_open: bool = False,
+             high_open: bool = False, words: str | None = None, error=LayerError) -> float:
+    """`value` as a Python float: a real number (Python or NumPy, float or int, not bool),
+    finite, and within the bounds given (`low_open` / `high_open` exclude the bound itself),
+    else `error` naming `where`, `what` and the allowed range:
+    "layer_norm: eps must be a finite number > 0, got nan", "dropout: rate must be in
+    [0, 1), got 1.0". `words` replaces the range's wording where a message already says it
+    its own way ("a positive number")."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)
+        ok = ((low is None or (v > low if low_open else v >= low))
+              and (high is None or (v < high if high_open else v <= high)))
+    if not ok:
+        words = words or _range_words(low, high, low_open, high_open)
+        raise error(f"{where}: {what} must be {words}, got {value!r}")
+    return float(value)
+
+
+def _range_words(low, high, low_open, high_open) -> str:
+    """The allowed range in words: "a finite number >= 0", "in [0, 1)", "strictly between
+    0 and 1"."""
+    if low is not None and high is not None:
+        if low_open and high_open:
+            return f"strictly between {low:g} and {high:g}"
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"a finite number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"a finite number {'<' if high_open else '<='} {high:g}"
+    return "a finite number"
 
 
 def positive_pair(value, what: str, where: str) -> Tuple[int, int]:

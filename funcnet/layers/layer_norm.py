@@ -1,9 +1,7 @@
 """Layer normalization (Ba, Kiros & Hinton 2016): each example normalized over its last axis."""
-import math
-
 import jax.numpy as jnp
 
-from .._validate import check, float_dtype
+from .._validate import as_float, check, float_dtype
 from ..core import Layer
 
 
@@ -13,8 +11,7 @@ def layer_norm(eps=1e-5) -> Layer:
     x̂ = (x − μ) / √(σ² + ε) with μ, σ² the mean and biased variance over the last axis (of
     each example and position), y = γ x̂ + β. The same in training and evaluation.
     """
-    check(isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps)
-          and eps > 0, f"layer_norm: eps must be a finite number > 0, got {eps!r}")
+    eps = as_float(eps, "eps", "layer_norm", low=0.0, low_open=True)
 
     def output_shape(shape):
         check(len(shape) >= 2, f"layer_norm expects input (batch, ..., features), got shape {shape}")

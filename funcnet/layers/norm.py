@@ -4,8 +4,8 @@ import math
 
 import jax.numpy as jnp
 
-from .._validate import check, float_dtype, nonempty_shape
-from ..core import Layer, LayerError
+from .._validate import as_float, check, float_dtype, nonempty_shape
+from ..core import Layer
 
 __all__ = ["batch_norm"]
 
@@ -17,11 +17,11 @@ def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
     and running = momentum · running + (1 − momentum) · batch. Evaluation: the running
     statistics stand in for the batch's.
     """
-    for what, v, lo in (("momentum", momentum, 0.0), ("eps", eps, 0.0)):
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
-            raise LayerError(f"batch_norm: {what} must be a finite number >= {lo}, got {v!r}")
-    if momentum > 1:
-        raise LayerError(f"batch_norm: momentum must be in [0, 1], got {momentum!r}")
+    # momentum in two steps, so the message says which went wrong: not a number >= 0, or
+    # above 1.
+    as_float(momentum, "momentum", "batch_norm", low=0.0)
+    momentum = as_float(momentum, "momentum", "batch_norm", low=0.0, high=1.0)
+    eps = as_float(eps, "eps", "batch_norm", low=0.0)
 
     def output_shape(shape):
         check(len(shape) >= 2, f"batch_norm: expects input (batch, ..., features), got shape {shape}")

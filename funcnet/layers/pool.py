@@ -7,13 +7,12 @@ padding are all handled by the same two helpers. The stride defaults to the wind
 ragged edge; "SAME" pads it and keeps it (the notes' two edge modes). Max pooling pads
 with −∞ (a pad never wins); mean pooling pads with 0 and always divides by the window area.
 """
-import math
-
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import check, float_dtype, nonempty_shape, padding_spec, positive_pair, shape_token
-from ..core import Layer, LayerError
+from .._validate import (as_float, check, float_dtype, nonempty_shape, padding_spec, positive_pair,
+                         shape_token)
+from ..core import Layer
 from ..initializers import _resolve
 from ..ops import out_size, pad_amounts, scatter_windows, windows
 
@@ -124,10 +123,10 @@ def gaussian_kernel(window, sigma):
 def gaussian_pool(window, sigma=1.0, stride=None, padding="VALID") -> Layer:
     """The notes' Gaussian pooling: a fixed Gaussian-weighted average of each window
     (Gaussian blur, then downsampling)."""
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise LayerError(f"gaussian_pool: sigma must be a positive number, got {sigma!r}")
+    sigma = as_float(sigma, "sigma", "gaussian_pool", low=0.0, low_open=True,
+                     words="a positive number")
     win = positive_pair(window, "window", "gaussian_pool")
-    g = gaussian_kernel(win, float(sigma)).reshape(-1)
+    g = gaussian_kernel(win, sigma).reshape(-1)
 
     def cells_forward(params, cells):
         return cells @ g.astype(cells.dtype), {}
