@@ -1,5 +1,5 @@
 """Argument checks shared by every module: one way to check an int, a float, a pair, a
-condition.
+condition, and one way to carry ints through a cache.
 
 Private to the package: layers, training and data import these; users never need them.
 NumPy integers are accepted wherever a Python int is (`operator.index`), NumPy floats and
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from .errors import LayerError
 
 __all__ = ["check", "as_int", "as_float", "positive_pair", "float_dtype", "padding_spec",
-           "nonempty_shape", "shape_token"]
+           "nonempty_shape", "int_token", "token_int", "ints_token", "token_ints"]
 
 
 def check(condition: bool, message: str):
@@ -145,7 +145,30 @@ def nonempty_shape(shape, where: str) -> tuple:
     return shape
 
 
-def shape_token(x):
-    """An empty array that carries x's shape (but its batch) and dtype through a cache:
-    a cache holds arrays, and this one costs nothing. Read back with `.shape[1:]`."""
-    return jnp.zeros((0,) + tuple(x.shape[1:]), x.dtype)
+# Ints through a cache. A cache holds arrays only (core.py, the Layer's docstring, says
+# why), so an int a backward needs (a count, a size, a shape) travels as the shape of an
+# empty array: the ints followed by a 0, which holds no elements and costs nothing. Its
+# shape is static under jit and vmap, so the backward reads Python ints back. One
+# mechanism, two spellings: a tuple of ints (a shape), or one int.
+
+def ints_token(ints) -> jax.Array:
+    """An empty array of shape (*ints, 0) that carries the Python ints `ints` through a
+    cache (a cache holds arrays only: core.py); read back with `token_ints`."""
+    return jnp.zeros(tuple(operator.index(n) for n in ints) + (0,))
+
+
+def token_ints(token) -> tuple:
+    """The ints an `ints_token` carries, as a tuple of Python ints."""
+    return tuple(token.shape[:-1])
+
+
+def int_token(n) -> jax.Array:
+    """An empty array that carries the Python int `n` through a cache (`ints_token((n,))`);
+    read back with `token_int`."""
+    return ints_token((n,))
+
+
+def token_int(token) -> int:
+    """The int an `int_token` carries."""
+    (n,) = token_ints(token)
+    return n

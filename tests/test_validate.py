@@ -1,8 +1,9 @@
 """The shared argument checks: one way to check a float (as_float), with the messages that
-name where, what and the allowed range."""
+name where, what and the allowed range; one way to carry ints through a cache (tokens)."""
 import fractions
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -80,3 +81,38 @@ def test_gaussian_takes_a_numpy_std():
     key = jax.random.PRNGKey(0)
     np.testing.assert_array_equal(fn.initializers.gaussian(np.float32(0.5))(key, (4, 3)),
                                   fn.initializers.gaussian(0.5)(key, (4, 3)))
+
+
+# ----------------------------------------------------------------------------- ints through a cache
+
+def test_int_token_carries_an_int_in_an_empty_arrays_shape():
+    t = _validate.int_token(np.int64(5))
+    assert t.shape == (5, 0) and t.size == 0
+    n = _validate.token_int(t)
+    assert n == 5 and type(n) is int
+
+
+def test_ints_token_carries_a_shape():
+    t = _validate.ints_token((3, 1, 4))
+    assert t.size == 0 and _validate.token_ints(t) == (3, 1, 4)
+    assert _validate.token_ints(_validate.ints_token(())) == ()
+
+
+def test_tokens_come_back_as_ints_through_jit_and_vmap():
+    """A cache leaves a jitted forward and enters a jitted backward: the ints stay static."""
+    @jax.jit
+    def forward(x):
+        return {"like": _validate.ints_token(x.shape[1:]), "n": _validate.int_token(x.shape[0])}
+
+    @jax.jit
+    def backward(cache, dy):
+        assert _validate.token_ints(cache["like"]) == (2, 3)  # Python ints at trace time
+        return dy.reshape((_validate.token_int(cache["n"]),) + _validate.token_ints(cache["like"]))
+
+    cache = forward(jnp.zeros((4, 2, 3)))
+    np.testing.assert_array_equal(backward(cache, jnp.arange(24.0)), np.arange(24.0).reshape(4, 2, 3))
+    # vmap: the backward sees each example's token, as the forward made it
+    per_example = jax.vmap(lambda x: {"like": _validate.ints_token(x.shape)})(jnp.zeros((4, 2, 3)))
+    assert per_example["like"].shape == (4, 2, 3, 0)
+    sizes = jax.vmap(lambda c: jnp.ones(_validate.token_ints(c["like"])).sum())(per_example)
+    np.testing.assert_array_equal(sizes, np.full(4, 6.0))

@@ -10,8 +10,8 @@ with −∞ (a pad never wins); mean pooling pads with 0 and always divides by t
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import (as_float, check, float_dtype, nonempty_shape, padding_spec, positive_pair,
-                         shape_token)
+from .._validate import (as_float, check, float_dtype, ints_token, nonempty_shape, padding_spec,
+                         positive_pair, token_ints)
 from ..core import Layer
 from ..initializers import _resolve
 from ..ops import out_size, pad_amounts, scatter_windows, windows
@@ -61,11 +61,11 @@ def _pool(name, window, stride, padding, cells_forward, cells_backward, init_par
                   f"{params['w'].shape[-1]} channels, got input of shape {tuple(x.shape)}")
         cells = windows(x, window, strides, pads_for(x.shape), pad_value)
         y, cache = cells_forward(params, cells)
-        return y, state, dict(cache, like=shape_token(x))
+        return y, state, dict(cache, like=ints_token(x.shape[1:]))  # the shape, but its batch
 
     def backward(params, cache, dy):
         dparams, d_cells = cells_backward(params, cache, dy)
-        shape = (dy.shape[0],) + cache["like"].shape[1:]
+        shape = (dy.shape[0],) + token_ints(cache["like"])
         return dparams, scatter_windows(d_cells, window, strides, shape[1:3], pads_for(shape))
 
     return Layer(init, forward, backward, name, output_shape)
