@@ -116,3 +116,58 @@ def test_tokens_come_back_as_ints_through_jit_and_vmap():
     assert per_example["like"].shape == (4, 2, 3, 0)
     sizes = jax.vmap(lambda c: jnp.ones(_validate.token_ints(c["like"])).sum())(per_example)
     np.testing.assert_array_equal(sizes, np.full(4, 6.0))
+
+
+# ----------------------------------------------------------------------------- NumPy ints
+
+def _numpy_ints(value):
+    """Every Python int inside `value` (nested tuples, dict values) as an np.int64."""
+    if isinstance(value, bool) or not isinstance(value, (int, tuple, dict)):
+        return value
+    if isinstance(value, tuple):
+        return tuple(_numpy_ints(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _numpy_ints(v) for k, v in value.items()}
+    return np.int64(value)
+
+
+# (constructor, positional args, keyword args, input shape): every int argument of each layer
+INT_ARGUMENTS = [
+    (fn.dense, (3,), {}, (2, 4)),
+    (fn.conv2d, (2, 3), {"stride": 2, "padding": 1}, (1, 6, 6, 1)),
+    (fn.conv2d, (2, (3, 2)), {"stride": (1, 2), "padding": ((1, 0), (0, 1))}, (1, 5, 5, 2)),
+    (fn.conv1d, (2, 3), {"stride": 2, "padding": 1}, (1, 7, 2)),
+    (fn.conv1d, (2, 3), {"padding": (2, 1)}, (1, 5, 1)),
+    (fn.conv_transpose2d, (2, 3), {"stride": 2, "padding": 1}, (1, 3, 3, 1)),
+    (fn.conv_transpose2d, (2, (2, 3)), {"stride": (2, 1), "padding": ((0, 1), (1, 0))}, (1, 3, 3, 1)),
+    (fn.max_pool, (2,), {"stride": 1, "padding": 1}, (1, 4, 4, 2)),
+    (fn.avg_pool, ((2, 3),), {"stride": (2, 1), "padding": ((1, 0), (0, 1))}, (1, 5, 5, 1)),
+    (fn.gaussian_pool, (3,), {"stride": 2, "padding": 1}, (1, 5, 5, 1)),
+    (fn.learned_pool, (2,), {"stride": 2, "padding": 1}, (1, 5, 5, 2)),
+    (fn.embedding, (6, 3), {}, (2, 4)),
+    (fn.self_attention, (2,), {}, (1, 3, 4)),
+    (fn.positional_embedding, (5,), {}, (1, 3, 4)),
+    (fn.rnn, (3,), {}, (1, 4, 2)),
+    (fn.lstm, (3,), {}, (1, 4, 2)),
+]
+
+
+@pytest.mark.parametrize("make, args, kwargs, shape", INT_ARGUMENTS,
+                         ids=lambda v: v.__name__ if callable(v) else None)
+def test_every_int_argument_takes_numpy_ints(make, args, kwargs, shape):
+    """np.int64 wherever a layer takes an int (a size, a kernel, a stride, a padding) builds
+    the layer the Python int builds: same output shape, params and output."""
+    key = jax.random.PRNGKey(0)
+    if make is fn.embedding:
+        x = jnp.asarray(np.arange(np.prod(shape)).reshape(shape) % args[0])
+    else:
+        x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    out = []
+    for a, kw in ((args, kwargs), (_numpy_ints(args), _numpy_ints(kwargs))):
+        layer = make(*a, **kw)
+        params, state = layer.init(key, shape)
+        y, _ = layer.apply(params, state, x)
+        out.append((layer.output_shape(shape), params, y))
+    assert out[0][0] == out[1][0] == tuple(out[1][2].shape)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 out[0][1:], out[1][1:])
