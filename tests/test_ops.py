@@ -1,5 +1,6 @@
 """ops: correlate / convolve in "valid" and "full" mode, rot180, dilate, downsample,
-upsample — on 2-D matrices (as in the notes) and on NHWC batches, against loops."""
+upsample — on 2-D matrices (as in the notes) and on NHWC batches, against loops; the
+normalisation backward against autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -286,6 +287,29 @@ def test_windows_and_scatter_windows_are_transposes():
         xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
         np.testing.assert_array_equal(np.asarray(cells[:, 1, 2, :, 4]), xp[:, 2 + 1, 4 + 1, :])
 
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), -1, (-1,)])
+def test_normalize_backward_is_the_vjp_of_normalizing(axes):
+    """dx = (1/σ)(dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) over the normalised axes is the exact
+    reverse of x -> x̂ = (x − μ)/√(var + ε): batch norm's axes (every one but the last) and
+    layer norm's (the last)."""
+    x, dx_hat = normal(7, (2, 3, 4, 5)), normal(8, (2, 3, 4, 5))
+    eps = 1e-3
+
+    def normalize(x):
+        mean = x.mean(axes, keepdims=True)
+        return (x - mean) / jnp.sqrt(x.var(axes, keepdims=True) + eps)
+
+    with jax.enable_x64(True):
+        x, dx_hat = jnp.asarray(x), jnp.asarray(dx_hat)
+        x_hat, vjp = jax.vjp(normalize, x)
+        inv_std = 1 / jnp.sqrt(x.var(axes, keepdims=True) + eps)
+        got = ops.normalize_backward(dx_hat, x_hat, inv_std, axes)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(vjp(dx_hat)[0]), rtol=1e-10,
+                                   atol=1e-12)
+        # no gradient along a shift of a normalised slice: x̂ ignores it (μ takes it up)
+        assert float(jnp.max(jnp.abs(jnp.sum(got, axes)))) < 1e-12
 
 def test_ops_errors_are_clear():
     with pytest.raises(fn.LayerError, match="mode must be 'valid' or 'full', got 'same'"):

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 
 from .._validate import as_float, check, float_dtype
 from ..core import Layer
+from ..ops import normalize_backward
 
 
 def layer_norm(eps=1e-5) -> Layer:
@@ -33,15 +34,12 @@ def layer_norm(eps=1e-5) -> Layer:
 
     def backward(params, cache, dy):
         """dβ = Σ δ,  dγ = Σ δ ⊙ x̂  (over every axis but the last), and with dx̂ = δ ⊙ γ and
-        the sums over the D features of each row (the full formula through μ and σ²):
-          dx = (1/D) / √(σ² + ε) · (D dx̂ − Σ dx̂ − x̂ ⊙ Σ (dx̂ ⊙ x̂))."""
+        the means over the D features of each row (the full formula through μ and σ²,
+        ops.normalize_backward):
+          dx = (1/√(σ² + ε)) (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))."""
         x_hat, inv_std = cache["x_hat"], cache["inv_std"]
         axes = tuple(range(dy.ndim - 1))
         dparams = {"gamma": jnp.sum(dy * x_hat, axes), "beta": jnp.sum(dy, axes)}
-        dx_hat = dy * params["gamma"]
-        d = dy.shape[-1]
-        dx = inv_std / d * (d * dx_hat - jnp.sum(dx_hat, -1, keepdims=True)
-                            - x_hat * jnp.sum(dx_hat * x_hat, -1, keepdims=True))
-        return dparams, dx
+        return dparams, normalize_backward(dy * params["gamma"], x_hat, inv_std, -1)
 
     return Layer(init, forward, backward, "layer_norm", output_shape)
