@@ -13,7 +13,8 @@ fan_in = kh * kw * c_in, fan_out = c_out. Each is named by what it draws:
 
 The notes' names stay as aliases: `xavier` and `lecun` are lecun_normal, N(0, 1/fan_in)
 (the notes' "Xavier" is this 1/fan_in form, not Glorot's 2/(fan_in + fan_out); dense and
-conv2d default to it, so results stay as they were), and `he` is he_normal.
+the convolutions default to lecun_normal, so results stay as they were), and `he` is
+he_normal.
 
 A weight with a zero-sized dimension is refused (a LayerError, which a serial labels with
 the layer), not divided by zero.

@@ -7,7 +7,7 @@ so its forward and backward formulas are conv2d's along the one spatial axis.
 """
 from .._validate import _is_int, as_int, check, padding_spec
 from ..core import Layer, LayerError
-from ..initializers import xavier, zeros
+from ..initializers import lecun_normal, zeros
 from ..ops import out_size, pad_amounts
 from .conv import conv2d
 
@@ -26,11 +26,12 @@ def _pads_1d(padding):
     return padding_spec(((0, 0), (left, right)), "conv1d")  # ints, not negative
 
 
-def conv1d(out_channels: int, kernel_size: int, stride: int = 1, padding="VALID", w_init=xavier,
-           b_init=zeros) -> Layer:
+def conv1d(out_channels: int, kernel_size: int, stride: int = 1, padding="VALID",
+           w_init=lecun_normal, b_init=zeros) -> Layer:
     """Convolution over the middle axis of (batch, width, channels), params
     {"w": (kernel_size, c_in, out_channels), "b": (out_channels,)}. `padding`: "VALID",
-    "SAME" (output ceil(width / stride)), an int, or (left, right)."""
+    "SAME" (output ceil(width / stride)), an int, or (left, right). Weights start
+    N(0, 1/fan_in) (lecun_normal, the notes' "Xavier"), biases at zero."""
     k = as_int(kernel_size, "kernel_size", "conv1d")
     s = as_int(stride, "stride", "conv1d")
     out_channels = as_int(out_channels, "out_channels", "conv1d")
