@@ -25,6 +25,8 @@ from jax import lax
 
 from ._xla_env import ynn_fusions_off
 
+__all__ = ["cpu_form", "rows_as_channels", "space_to_depth"]
+
 NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 NHWC_HWOI = ("NHWC", "HWOI", "NHWC")  # conv2d's dx: the kernel's in/out channels swapped
 # Below ~1k input pixels (N·H·W) XLA's convolution takes microseconds: a rewrite would only

@@ -11,6 +11,8 @@ from ..initializers import lecun_normal, zeros
 from ..ops import out_size, pad_amounts
 from .conv import conv2d
 
+__all__ = ["conv1d"]
+
 
 def _pads_1d(padding):
     """A 1-D padding spec as conv2d's: "VALID", "SAME", an int (NumPy ints too), or

@@ -17,6 +17,8 @@ from ..initializers import _resolve, lecun_normal, zeros
 from ..ops import correlate, pad_amounts, rot180
 from .conv import kernel_params
 
+__all__ = ["conv_transpose2d"]
+
 
 def _crops(padding, kernel, strides):
     """((top, bottom), (left, right)) cropped off y_full (negative: zeros added)."""

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 from .._validate import check, ints_token, token_ints
 from ..core import Layer
 
+__all__ = ["global_avg_pool"]
+
 
 def _no_params(key, input_shape, dtype=None):
     output_shape(tuple(input_shape))

@@ -5,6 +5,8 @@ from .._validate import as_float, check, float_dtype
 from ..core import Layer
 from ..ops import normalize_backward
 
+__all__ = ["layer_norm"]
+
 
 def layer_norm(eps=1e-5) -> Layer:
     """params {"gamma": 1, "beta": 0} of shape (features,), no state.
