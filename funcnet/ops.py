@@ -120,10 +120,9 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
         return lax.conv_general_dilated(x4, w4, stride, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dims)
 
-    form = _cpu_conv.cpu_form(x4, w4, stride, padding, lhs_dilation, rhs_dilation, dims)
-    if form is not None:  # the same sums, arranged as XLA:CPU runs them faster (_cpu_conv)
-        return back(lax.platform_dependent(x4, w4, cpu=form, default=xla))
-    return back(xla(x4, w4))
+    # On a CPU, the same sums arranged as XLA:CPU runs them faster; elsewhere xla (_cpu_conv)
+    return back(_cpu_conv.per_platform(xla, x4, w4, stride, padding, lhs_dilation, rhs_dilation,
+                                       dims))
 
 
 def convolve(x, w, mode="valid"):
