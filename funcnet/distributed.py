@@ -7,7 +7,7 @@ Each process runs the same program and calls `initialize` before any JAX computa
     state, history = fn.train.fit(model, opt, (x, y), ..., key=jax.random.PRNGKey(0))
 
 `jax.devices()` then lists every process's devices and `fit` trains over all of them (one
-mesh axis "batch"; see `fn.parallel`): each process copies to its own devices only its rows
+mesh axis "batch"; see `fn.sharding`): each process copies to its own devices only its rows
 of every global batch, parameters are replicated, and gradients, the loss and batch-norm
 statistics are over the global batch, so every process holds the same parameters and
 history. Checkpoints are written by process 0 alone, into a directory every process can

@@ -39,7 +39,7 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed
 from . import losses as losses_mod
-from . import _random, parallel
+from . import _random, sharding
 from ._validate import as_int
 from .core import FuncnetError, Layer, LayerError
 from .layers.embedding import check_indices
@@ -273,8 +273,8 @@ def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, dona
 
     The input train_state's buffers are donated (reused for the output) unless
     `donate=False`: do not use a TrainState after passing it in. With a `mesh`
-    (`fn.parallel.make_mesh`), the step is compiled for data parallelism: train_state
-    replicated, x and y sharded along the batch (see `fn.parallel`).
+    (`fn.sharding.make_mesh`), the step is compiled for data parallelism: train_state
+    replicated, x and y sharded along the batch (see `fn.sharding`).
     """
     if _is_optimizer(loss) and not _is_optimizer(optimizer):
         warnings.warn("make_step(model, loss, optimizer) is deprecated; pass "
@@ -285,12 +285,12 @@ def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, dona
     _check_l2(l2, "make_step")
     if not callable(loss):
         raise FuncnetError(f"make_step: loss must be a function (pred, target) -> scalar, got {loss!r}")
-    mesh = None if mesh is None else parallel.make_mesh(mesh)
+    mesh = None if mesh is None else sharding.make_mesh(mesh)
 
     def build():
         step = _step_function(model, loss, optimizer, float(l2))
         if mesh is not None:
-            return parallel.data_parallel(step, mesh, donate=donate)
+            return sharding.data_parallel(step, mesh, donate=donate)
         return jax.jit(step, donate_argnums=(0,) if donate else ())
 
     return _cached(("step", model, loss, optimizer, float(l2), mesh, donate), build)
@@ -373,7 +373,7 @@ def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss):
         parts = []
         for xb, yb, mask in batches:
             parts.append(fn(params, state, xb, yb, mask))
-            if len(parts) % 8 == 0:  # bounded dispatch-ahead (see fn.parallel on XLA:CPU meshes)
+            if len(parts) % 8 == 0:  # bounded dispatch-ahead (see fn.sharding on XLA:CPU meshes)
                 jax.block_until_ready(parts[-1])
         parts = jax.device_get(parts)  # one host sync; the sums are added in float64
         totals = {k: float(sum(np.float64(p[k]) for p in parts)) for k in parts[0]}
@@ -521,13 +521,13 @@ def _pair_of_arrays(pair, what, where):
 
 
 def _data_parallel_mesh(devices, n, bs, drop_remainder, where):
-    mesh = parallel.make_mesh(devices)
-    parallel.check_batch_size(bs, mesh, where)
-    if not drop_remainder and n % bs and (n % bs) % parallel.mesh_size(mesh):
+    mesh = sharding.make_mesh(devices)
+    sharding.check_batch_size(bs, mesh, where)
+    if not drop_remainder and n % bs and (n % bs) % sharding.mesh_size(mesh):
         raise FuncnetError(
             f"{where}: the last batch of each epoch has {n % bs} examples ({n} = "
             f"{n // bs}·{bs} + {n % bs}), which cannot be split evenly over "
-            f"{parallel.mesh_size(mesh)} devices; pass drop_remainder=True or choose a "
+            f"{sharding.mesh_size(mesh)} devices; pass drop_remainder=True or choose a "
             f"batch size whose remainder divides")
     return mesh
 
@@ -734,7 +734,7 @@ def _run_epoch(loop: _Loop, ts, s, t0):
     while b < cfg.steps_per_epoch and s < cfg.budget:
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         if cfg.mesh is not None:  # only this process's devices' rows are read
-            xb, yb = parallel.gather_batch((cfg.x, cfg.y), idx, cfg.mesh)
+            xb, yb = sharding.gather_batch((cfg.x, cfg.y), idx, cfg.mesh)
         else:
             xb, yb = cfg.x[idx], cfg.y[idx]
         ts, metrics = loop.step_fn(ts, xb, yb)
@@ -808,7 +808,7 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
       `checkpoint_every` steps (default: after every epoch) and at the end, keeping the
       newest `keep`; a later fit with the same directory (and the same data, batch size and
       key) resumes from the newest one by itself and continues exactly as if never stopped.
-    - devices: a list of devices (or a Mesh) for data parallelism (`fn.parallel`): each
+    - devices: a list of devices (or a Mesh) for data parallelism (`fn.sharding`): each
       batch is sharded across them, parameters replicated; the batch size must divide.
       After `fn.distributed.initialize` (several processes) the default is every device
       of every process; process 0 alone writes checkpoints (see `fn.distributed`).
@@ -842,7 +842,7 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
             ts = _jitted_init(model, optimizer, (cfg.batch_size,) + cfg.x.shape[1:], dtype)(
                 k_init, k_step)
     if cfg.mesh is not None:
-        ts = parallel.replicate(ts, cfg.mesh)
+        ts = sharding.replicate(ts, cfg.mesh)
     step_fn = make_step(model, optimizer, cfg.loss, l2=l2, mesh=cfg.mesh)
     start = int(jax.device_get(ts.step))
     bar = _progress_bar(progress, None if cfg.budget == math.inf else int(cfg.budget), start)
