@@ -53,7 +53,7 @@ def test_make_step_matches_the_update_written_out(digits):
     model = small_bn_net()
     schedule = optax.exponential_decay(0.05, transition_steps=1, decay_rate=0.5)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
-    step = train.make_step(model, CE, opt, l2=1e-3)
+    step = train.make_step(model, opt, CE, l2=1e-3)
     ref = jax.jit(lambda ts, x, y: reference_step(model, CE, opt, 1e-3, ts, x, y))
     ts = train.init_train_state(model, opt, x.shape, KEY)
     expect = train.init_train_state(model, opt, x.shape, KEY)  # step donates ts's buffers
@@ -76,7 +76,7 @@ def test_make_step_donates_the_input_state(digits):
     (x, y), _ = digits
     ts = train.init_train_state(MLP16, SGD, (16,) + x.shape[1:], KEY)
     old = ts.params[1]["w"]
-    new, _ = train.make_step(MLP16, CE, SGD)(ts, x[:16], y[:16])
+    new, _ = train.make_step(MLP16, SGD, CE)(ts, x[:16], y[:16])
     assert old.is_deleted()  # its buffer was reused for the new state
     assert not new.params[1]["w"].is_deleted()
 
