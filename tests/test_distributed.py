@@ -234,3 +234,14 @@ def test_launch_child_command():
     assert launch.child_command(["run.py", "-x"])[-2:] == ["run.py", "-x"]
     with pytest.raises(FuncnetError, match="give the command"):
         launch.child_command([])
+
+
+def test_exit_now_skips_the_atexit_handlers_but_flushes():
+    """After a failure in a multi-process run: no exit-time barrier (an atexit handler of
+    JAX's) that would wait for lost processes, and the output so far still arrives."""
+    code = ("import atexit; from funcnet import distributed; atexit.register(print, 'atexit ran'); "
+            "print('partial', end=''); distributed.exit_now(3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 3 and proc.stdout == "partial", proc
+
