@@ -46,6 +46,7 @@ from typing import Optional
 
 import jax
 
+from ._validate import as_int
 from .errors import FuncnetError
 
 __all__ = ["HEARTBEAT_TIMEOUT", "SHUTDOWN_TIMEOUT", "INITIALIZATION_TIMEOUT", "ProcessLostError",
@@ -84,10 +85,7 @@ def _timeout(value, name, default):
     if value is None:
         value = _env_int("FUNCNET_" + name.upper(), "distributed.initialize")
     value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FuncnetError(f"distributed.initialize: {name} must be a positive number of seconds, "
-                           f"got {value!r}")
-    return value
+    return as_int(value, f"{name} (seconds)", "distributed.initialize", error=FuncnetError)
 
 
 def _cluster_detected() -> bool:
