@@ -5,7 +5,7 @@
                                                  # then the time to detect a lost process
 
 A step is `fn.train.make_step` over a mesh of every device of every process, the global
-batch of 128 gathered with `fn.parallel.gather_batch` (each process copies only its rows).
+batch of 128 gathered with `fn.sharding.gather_batch` (each process copies only its rows).
 On a machine with 2 cores, 1x2 and 2x1 split the same cores, so the figures measure the
 cost of sharding and of gloo's all-reduce over loopback TCP, not a speed-up.
 
@@ -34,17 +34,17 @@ def worker(kind: str, steps: int, fault: str = "none"):
 
     from benchmarks import workloads
     model = workloads.funcnet_model(kind)
-    mesh = fn.parallel.make_mesh(jax.devices())
+    mesh = fn.sharding.make_mesh(jax.devices())
     opt = optax.sgd(workloads.LR, momentum=workloads.MOMENTUM)
     shape = (workloads.BATCH, 784) if kind.startswith("mlp") else (workloads.BATCH, 28, 28, 1)
-    ts = fn.parallel.replicate(fn.train.init_train_state(model, opt, shape, jax.random.PRNGKey(0)),
+    ts = fn.sharding.replicate(fn.train.init_train_state(model, opt, shape, jax.random.PRNGKey(0)),
                                mesh)
     step = fn.train.make_step(model, opt, fn.losses.softmax_cross_entropy, mesh=mesh)
     x, y = workloads.batch(kind)
     index = list(range(len(x)))
     me = jax.process_index()
     for _ in range(3):  # compile, warm up
-        ts, m = step(ts, *fn.parallel.gather_batch((x, y), index, mesh))
+        ts, m = step(ts, *fn.sharding.gather_batch((x, y), index, mesh))
     jax.block_until_ready(m)
     t0 = time.perf_counter()
     try:
@@ -52,7 +52,7 @@ def worker(kind: str, steps: int, fault: str = "none"):
             if fault != "none" and i == 10 and me == 1:
                 print(json.dumps({"fault": fault, "at": time.time()}), flush=True)
                 os.kill(os.getpid(), signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
-            ts, m = step(ts, *fn.parallel.gather_batch((x, y), index, mesh))
+            ts, m = step(ts, *fn.sharding.gather_batch((x, y), index, mesh))
             if i % 8 == 7:
                 jax.block_until_ready(m)
         jax.block_until_ready(m)

@@ -142,7 +142,7 @@ def _cnn_funcnet(x, y, manual):
     opt = optax.adam(3e-3)
     ts = fn.train.TrainState(params, state, opt.init(params), jnp.zeros((), jnp.int32),
                              jax.random.PRNGKey(1))
-    step = fn.train.make_step(model, fn.losses.softmax_cross_entropy, opt)
+    step = fn.train.make_step(model, opt, fn.losses.softmax_cross_entropy)
     t0 = time.perf_counter()
     compiled = step.lower(ts, x, y).compile()
     return _jax_runner(lambda t, x, y: compiled(t, x, y), (ts,), x, y, 1), time.perf_counter() - t0

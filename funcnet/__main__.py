@@ -1,6 +1,6 @@
 """`python -m funcnet`: the same as the `funcnet` command (see funcnet/cli.py)."""
 import sys
 
-from .cli import _exit_fast, _main
+from .cli import _main_then_exit
 
-_exit_fast(_main(sys.argv[1:]))
+_main_then_exit(sys.argv[1:])

@@ -120,10 +120,18 @@ def _distributed_options(q):
 
 def main(argv=None) -> int:
     """The `funcnet` command. Called by its console script (argv None, program name
-    `funcnet`) it ends the process itself: see `_exit_fast`."""
+    `funcnet`) it ends the process itself, skipping the interpreter's teardown
+    (`fn.distributed.exit_now`)."""
     if argv is None and os.path.basename(sys.argv[0]).removesuffix(".exe") == "funcnet":
-        _exit_fast(_main(sys.argv[1:]))
+        _main_then_exit(sys.argv[1:])
     return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main_then_exit(argv):
+    """The command, then the end of its process (`python -m funcnet` too)."""
+    rc = _main(argv)
+    from .distributed import exit_now
+    exit_now(rc, atexit_handlers=True)
 
 
 def _main(argv) -> int:
@@ -134,8 +142,8 @@ def _main(argv) -> int:
     from ._xla_env import setup_for_command
     # XLA flags and the compilation cache, before JAX starts (`launch` has no --no-cache)
     setup_for_command(no_cache=getattr(args, "no_cache", False))
-    from .core import FuncnetError
     from .distributed import ProcessLostError, exit_now, is_initialized
+    from .errors import FuncnetError
     try:
         rc = args.func(args)
     except FuncnetError as e:
@@ -144,22 +152,6 @@ def _main(argv) -> int:
     if rc and is_initialized():  # skip JAX's exit barrier: the others may be gone
         exit_now(rc)
     return rc
-
-
-def _exit_fast(rc) -> None:
-    """End the `funcnet` command's process (`python -m funcnet` too) without tearing the
-    interpreter down: tearing down JAX's modules and runtime took ~0.3 s after every command,
-    a tenth of a cached `funcnet train`. The atexit handlers (JAX's distributed shutdown,
-    logging's flush) still run, every file was closed by the command itself, and the
-    standard streams are flushed here."""
-    import atexit
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
-            pass
-    os._exit(int(rc or 0))
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -291,6 +283,47 @@ def _gradcheck_user(args) -> int:
     return 0 if report.ok else 1
 
 
+def _optimizer(name, lr):
+    import optax
+    return {"sgd": lambda: optax.sgd(lr), "momentum": lambda: optax.sgd(lr, momentum=0.9),
+            "adam": lambda: optax.adam(lr)}[name]()
+
+
+def _run_dir(args, multi) -> str:
+    """--out, else runs/<model>-<data>-<time>; several processes share process 0's time."""
+    stamp = time.time()
+    if multi:
+        import numpy as np
+        from jax.experimental import multihost_utils
+        stamp = int(multihost_utils.broadcast_one_to_all(np.int32(stamp)))
+    data = "idx" if args.data.startswith("idx:") else args.data
+    return args.out or os.path.join(
+        "runs", f"{args.model}-{data}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}")
+
+
+def _epoch_printer(args):
+    """fit's callback: a line per epoch when there is no progress bar to show it (or -v)."""
+    show = args.verbose or not sys.stderr.isatty() or args.no_progress
+
+    def report_epoch(row, _state):
+        if show:
+            print(f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  "
+                  f"train acc {row['train_accuracy']:.4f}  test acc {row['val_accuracy']:.4f}  "
+                  f"({row['seconds']:.2f} s)", flush=True)
+
+    return report_epoch
+
+
+def _write_run(out, record, history, warmup) -> int:
+    """history.json and history.png under `out` (process 0 only), and the line naming them."""
+    with open(os.path.join(out, "history.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    plotted = _plot(history, os.path.join(out, "history.png"), warmup)
+    ckpt = sorted(os.listdir(os.path.join(out, "checkpoints")))[-1]
+    print(f"wrote {out}/: checkpoints/{ckpt}, history.json" + (", history.png" if plotted else ""))
+    return 0
+
+
 def cmd_train(args) -> int:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -301,36 +334,27 @@ def cmd_train(args) -> int:
     multi = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                    heartbeat_timeout=args.heartbeat_timeout)
     import jax
-    import optax
 
-    from . import train
     from .core import summary
+    from .fit import fit
+    from .train import evaluate
 
     (x, y), (xt, yt) = load_data(args.data, args.seed)
     model = _build(args.model, x, y)
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-    optimizer = {"sgd": lambda: optax.sgd(lr), "momentum": lambda: optax.sgd(lr, momentum=0.9),
-                 "adam": lambda: optax.adam(lr)}[args.optimizer]()
-    stamp = time.time()
-    if multi:  # one run directory for all: process 0's clock names it
-        import numpy as np
-        from jax.experimental import multihost_utils
-        stamp = int(multihost_utils.broadcast_one_to_all(np.int32(stamp)))
-    out = args.out or os.path.join(
-        "runs", f"{args.model}-{args.data if not args.data.startswith('idx:') else 'idx'}-"
-                f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}")
+    optimizer = _optimizer(args.optimizer, lr)
+    out = _run_dir(args, multi)
     os.makedirs(out, exist_ok=True)
-    shape = "x".join(map(str, x.shape[1:]))
     if multi:
         print(f"funcnet train: process {jax.process_index()} of {jax.process_count()}, "
               f"{jax.device_count()} devices in all")
     print(f"funcnet train: {args.model} on {args.data} ({len(x)} train / {len(xt)} test examples "
-          f"of {shape}), {args.optimizer} lr {lr:g}, {args.epochs} epochs of batch "
-          f"{args.batch_size}, seed {args.seed}")
+          f"of {'x'.join(map(str, x.shape[1:]))}), {args.optimizer} lr {lr:g}, {args.epochs} "
+          f"epochs of batch {args.batch_size}, seed {args.seed}")
     if args.verbose:
         print(summary(model, (args.batch_size,) + x.shape[1:]))
 
-    writer = not multi or jax.process_index() == 0  # process 0 writes the run's files
+    writer = distributed.is_main()  # process 0 writes the run's files
     warmup = _warm_plotting() if writer else None
     # One initialization serves the gradient check and training.
     ts = _init(model, optimizer, (args.batch_size,) + x.shape[1:], args.seed)
@@ -344,37 +368,22 @@ def cmd_train(args) -> int:
                   "(see `funcnet gradcheck` for the table)", file=sys.stderr)
             return 1
 
-    show_epochs = args.verbose or not sys.stderr.isatty() or args.no_progress
-
-    def report_epoch(row, _state):
-        if show_epochs:
-            print(f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  "
-                  f"train acc {row['train_accuracy']:.4f}  test acc {row['val_accuracy']:.4f}  "
-                  f"({row['seconds']:.2f} s)", flush=True)
-
-    ts, history = train.fit(
-        model, optimizer, (x, y), loss=None, epochs=args.epochs, batch_size=args.batch_size,
-        key=jax.random.PRNGKey(args.seed), val_data=(xt, yt),
-        initial=ts, checkpoint_dir=os.path.join(out, "checkpoints"),
-        drop_remainder=len(x) > args.batch_size,
-        progress=not args.no_progress, callback=report_epoch)
-    test = train.evaluate(model, ts.params, ts.state, xt, yt)
+    ts, history = fit(model, optimizer, (x, y), loss=None, epochs=args.epochs,
+                      batch_size=args.batch_size, key=jax.random.PRNGKey(args.seed),
+                      val_data=(xt, yt), initial=ts, checkpoint_dir=os.path.join(out, "checkpoints"),
+                      drop_remainder=len(x) > args.batch_size, progress=not args.no_progress,
+                      callback=_epoch_printer(args))
+    test = evaluate(model, ts.params, ts.state, xt, yt)
     seconds = time.perf_counter() - t_start
     print(f"test accuracy {100 * test['accuracy']:.2f}% (loss {test['loss']:.4f}) on {len(xt)} "
           f"examples; {int(ts.step)} steps, {seconds:.1f} s")
-
     record = {"config": {k: v for k, v in vars(args).items() if k != "func"} | {"lr": lr},
               "test": test, "gradient_check": check, "seconds": seconds,
               "history": [dict(r) for r in history]}
     if not writer:
         print(f"process {jax.process_index()}: done; process 0 writes {out}/")
         return 0
-    with open(os.path.join(out, "history.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    plotted = _plot(history, os.path.join(out, "history.png"), warmup)
-    ckpt = sorted(os.listdir(os.path.join(out, "checkpoints")))[-1]
-    print(f"wrote {out}/: checkpoints/{ckpt}, history.json" + (", history.png" if plotted else ""))
-    return 0
+    return _write_run(out, record, history, warmup)
 
 
 def cmd_launch(args) -> int:

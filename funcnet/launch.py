@@ -25,6 +25,7 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
+from ._validate import as_int
 from .distributed import free_port
 from .errors import FuncnetError
 
@@ -80,8 +81,7 @@ def launch(command: Sequence[str], n: int, *, devices_per_process: Optional[int]
            host: str = "127.0.0.1", grace: float = 30.0, out=None) -> int:
     """Run `command` (see `child_command`) as processes 0..n-1 of one run; return the exit
     status (0 when every process succeeded)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise FuncnetError(f"launch: -n must be a positive int, got {n!r}")
+    n = as_int(n, "-n", "launch", error=FuncnetError)
     out = sys.stdout if out is None else out
     argv = child_command(command)
     address = f"{host}:{free_port(host)}"

@@ -41,12 +41,17 @@ def _concrete(x):
 def check_labels(logits_shape, labels, where="softmax_cross_entropy"):
     """Integer labels of shape logits.shape[:-1] (one per position: (batch,) for logits
     (batch, classes), (batch, time) for (batch, time, classes)) in [0, classes); the values
-    are checked when known (not traced)."""
+    are checked when known (not traced). The one check of class labels: the losses call
+    it, and so do `fit` and `evaluate` on a model's output shape before compiling."""
     labels_shape, logits_shape = tuple(jnp.shape(labels)), tuple(logits_shape)
-    if len(logits_shape) < 2 or labels_shape != logits_shape[:-1]:
-        raise FuncnetError(f"{where}: expected logits (batch, ..., classes) and integer labels "
-                           f"(batch, ...) of the same leading shape, got logits {logits_shape} "
-                           f"and labels {labels_shape}")
+    if len(logits_shape) < 2:
+        raise FuncnetError(f"{where}: expected logits (batch, ..., classes) with a classes axis, "
+                           f"got logits {logits_shape} and labels {labels_shape}")
+    if labels_shape != logits_shape[:-1]:
+        rest = logits_shape[1:-1]
+        shape = f"(batch,) + {rest}" if rest else "(batch,)"
+        raise FuncnetError(f"{where}: labels must have shape {shape}, the logits' shape without "
+                           f"the classes; got logits {logits_shape} and labels {labels_shape}")
     dtype = dtype_of(labels)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise FuncnetError(f"{where}: labels must be integer class indices, got dtype {dtype}")

@@ -43,7 +43,7 @@ def main(argv):
     y = (x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0).astype(np.int32)
     model = fn.serial(fn.dense(8), fn.batch_norm(), fn.relu, fn.dropout(0.25), fn.dense(4))
     me = jax.process_index()
-    devices = (fn.parallel.make_mesh_2d(jax.devices(), model=args.model_axis)
+    devices = (fn.sharding.make_mesh_2d(jax.devices(), model=args.model_axis)
                if args.model_axis > 1 else jax.devices())
 
     def die(row, _ts):

@@ -34,13 +34,24 @@ def test_console_script_is_cli_main():
 
 
 def test_the_command_exits_with_atexit_handlers_run_and_streams_flushed():
-    """The command ends its process without the interpreter's teardown (cli._exit_fast):
-    atexit handlers still run, buffered output still arrives, the status is kept."""
-    code = ("import atexit; from funcnet import cli; atexit.register(print, 'atexit ran'); "
-            "print('partial', end=''); cli._exit_fast(4)")
+    """The command ends its process without the interpreter's teardown
+    (distributed.exit_now(rc, atexit_handlers=True)): atexit handlers still run, buffered
+    output still arrives, the status is kept."""
+    code = ("import atexit; from funcnet import distributed; atexit.register(print, 'atexit ran'); "
+            "print('partial', end=''); distributed.exit_now(4, atexit_handlers=True)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=ENV)
     assert proc.returncode == 4 and proc.stdout == "partialatexit ran\n", proc
+
+
+def test_the_console_script_ends_through_exit_now(monkeypatch):
+    ended = []
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/funcnet", "gradcheck"])
+    monkeypatch.setattr(cli, "_main", lambda argv: 5 if argv == ["gradcheck"] else 0)
+    monkeypatch.setattr(fn.distributed, "exit_now", lambda rc, **kw: ended.append((rc, kw)))
+    cli.main()
+    assert ended == [(5, {"atexit_handlers": True})]
+    assert cli.main(["gradcheck"]) == 5 and len(ended) == 1  # called with argv: returns
 
 
 def test_train_one_epoch_writes_its_run(tmp_path):

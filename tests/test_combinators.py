@@ -5,7 +5,6 @@ concatenation then its backward's split is the identity), forwards against NumPy
 backward three ways in one model, a deliberately wrong fanout backward caught, the tuple
 shapes through init / summary / param_paths / errors, and a small residual model through
 fit, evaluate and a checkpoint round trip."""
-import types
 
 import jax
 import jax.numpy as jnp
@@ -201,15 +200,12 @@ def test_time_distributed_wrong_rank_is_named():
         fn.serial(fn.time_distributed(fn.dense(2))).init(KEY, (2, 3))
 
 
-def test_fn_parallel_is_both_the_combinator_and_the_data_parallel_module():
-    import funcnet.parallel as module
-    assert module is fn.parallel and isinstance(fn.parallel, types.ModuleType)
+def test_fn_parallel_is_the_combinator():
+    # (the data-parallel helpers it also was are fn.sharding: tests/test_sharding.py)
+    from funcnet.combinators import parallel
+    assert fn.parallel.__wrapped__ is parallel
     layer = fn.parallel(fn.dense(2), fn.relu)
     assert isinstance(layer, fn.Layer) and layer.name == "parallel"
-    mesh = fn.parallel.make_mesh(jax.devices()[:1])
-    sharded = fn.parallel.shard_batch(np.arange(4.0), mesh)
-    np.testing.assert_array_equal(np.asarray(sharded), np.arange(4.0))
-    from funcnet.combinators import parallel
     assert parallel(fn.relu).layers == (fn.relu,)
 
 

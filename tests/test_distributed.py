@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+import funcnet as fn
 from funcnet import FuncnetError, distributed, launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,3 +235,41 @@ def test_launch_child_command():
     assert launch.child_command(["run.py", "-x"])[-2:] == ["run.py", "-x"]
     with pytest.raises(FuncnetError, match="give the command"):
         launch.child_command([])
+
+
+def test_launch_takes_numpy_ints_and_is_an_attribute_of_fn(tmp_path):
+    assert fn.launch is launch and fn.launch.launch is launch.launch
+    for bad in (0, True, 1.0):
+        with pytest.raises(FuncnetError, match=rf"launch: -n must be a positive int, got {bad!r}"):
+            launch.launch(["run.py"], bad)
+    # launched from a fresh process: forking this one, where JAX runs threads, is unsafe
+    script = tmp_path / "hello.py"
+    script.write_text("import os; print('hello from', os.environ['FUNCNET_PROCESS_ID'], "
+                      "'of', os.environ['FUNCNET_NUM_PROCESSES'])\n")
+    code = ("import sys, numpy as np, funcnet as fn; "
+            f"sys.exit(fn.launch.launch([{str(script)!r}], np.int64(2)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(proc.stdout.splitlines()) == ["[0] hello from 0 of 2", "[1] hello from 1 of 2"]
+
+
+def test_timeouts_take_numpy_ints():
+    assert distributed._timeout(np.int64(7), "heartbeat_timeout", 20) == 7
+    assert type(distributed._timeout(np.int32(7), "heartbeat_timeout", 20)) is int
+    assert distributed._timeout(None, "shutdown_timeout", 60) == 60
+    for bad in (0, True, 2.5):
+        with pytest.raises(FuncnetError, match=r"distributed.initialize: heartbeat_timeout "
+                                               r"\(seconds\) must be a positive int"):
+            distributed._timeout(bad, "heartbeat_timeout", 20)
+
+
+def test_exit_now_skips_the_atexit_handlers_but_flushes():
+    """After a failure in a multi-process run: no exit-time barrier (an atexit handler of
+    JAX's) that would wait for lost processes, and the output so far still arrives."""
+    code = ("import atexit; from funcnet import distributed; atexit.register(print, 'atexit ran'); "
+            "print('partial', end=''); distributed.exit_now(3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 3 and proc.stdout == "partial", proc
+

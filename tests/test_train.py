@@ -1,15 +1,8 @@
-"""funcnet/train.py: make_step, evaluate, fit (accuracy, resume, NaN, progress, errors).
+"""funcnet/train.py: make_step, evaluate, batch_order, the task of a loss (fit's own tests,
+accuracy, resume, NaN, progress, errors, are tests/test_fit.py).
 
 Real training runs on scikit-learn's digits; every run is seeded from an explicit key.
 """
-import io
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,14 +11,13 @@ import pytest
 
 import funcnet as fn
 from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
-from funcnet import checkpoint, train
+from funcnet import train
 
 KEY = jax.random.PRNGKey(0)
 CE = fn.losses.softmax_cross_entropy
 # Shared model and optimizer objects: fit reuses its compiled step for the same objects
 # and shapes, which keeps this file fast.
 MLP16, SGD = fn.models.mlp(10, (16,)), optax.sgd(0.1)
-IRIS_MLP, MOMENTUM = fn.models.mlp(3, (16,)), optax.sgd(0.05, momentum=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -37,35 +29,6 @@ def small_bn_net():
     """A net with every kind of step-to-step flow: batch-norm state and dropout keys."""
     return fn.serial(fn.flatten, fn.dense(32), fn.batch_norm(), fn.relu, fn.dropout(0.2),
                      fn.dense(10))
-
-
-# ----------------------------------------------------------------------------- accuracy
-
-def test_mlp_reaches_95_percent_on_digits():
-    (x, y), (xt, yt) = fn.data.load("digits", scale="standard")
-    model = fn.models.mlp(10)
-    ts, history = train.fit(model, optax.sgd(0.05, momentum=0.9), (x, y), loss=CE, epochs=10,
-                            batch_size=32, key=KEY, val_data=(xt, yt), drop_remainder=True,
-                            progress=False)
-    result = train.evaluate(model, ts.params, ts.state, xt, yt)
-    assert result["accuracy"] >= 0.95
-    # The history's last validation row is the same evaluation.
-    assert history["val_accuracy"][-1] == pytest.approx(result["accuracy"])
-    assert history["val_loss"][-1] == pytest.approx(result["loss"], rel=1e-6)
-    assert history["epoch"] == list(range(1, 11))
-    assert history["step"][-1] == int(ts.step) == 10 * (len(x) // 32)
-    assert history["loss"][-1] < history["loss"][0] / 5  # "loss" reads "train_loss"
-    assert len(history.step_losses) == int(ts.step)
-
-
-def test_cnn_reaches_95_percent_on_digits(digits):
-    (x, y), (xt, yt) = digits
-    model = fn.models.lenet(10, image_size=8)
-    ts, history = train.fit(model, optax.adam(3e-3), (x, y), loss=CE, epochs=10, batch_size=32,
-                            key=KEY, val_data=(xt, yt), drop_remainder=True, progress=False)
-    assert train.evaluate(model, ts.params, ts.state, xt, yt)["accuracy"] >= 0.95
-    assert history[-1]["train_accuracy"] > 0.98
-    assert all(s > 0 for s in history["seconds"])
 
 
 # ----------------------------------------------------------------------------- make_step
@@ -90,7 +53,7 @@ def test_make_step_matches_the_update_written_out(digits):
     model = small_bn_net()
     schedule = optax.exponential_decay(0.05, transition_steps=1, decay_rate=0.5)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
-    step = train.make_step(model, CE, opt, l2=1e-3)
+    step = train.make_step(model, opt, CE, l2=1e-3)
     ref = jax.jit(lambda ts, x, y: reference_step(model, CE, opt, 1e-3, ts, x, y))
     ts = train.init_train_state(model, opt, x.shape, KEY)
     expect = train.init_train_state(model, opt, x.shape, KEY)  # step donates ts's buffers
@@ -113,24 +76,12 @@ def test_make_step_donates_the_input_state(digits):
     (x, y), _ = digits
     ts = train.init_train_state(MLP16, SGD, (16,) + x.shape[1:], KEY)
     old = ts.params[1]["w"]
-    new, _ = train.make_step(MLP16, CE, SGD)(ts, x[:16], y[:16])
+    new, _ = train.make_step(MLP16, SGD, CE)(ts, x[:16], y[:16])
     assert old.is_deleted()  # its buffer was reused for the new state
     assert not new.params[1]["w"].is_deleted()
 
 
 # (adam, a schedule and global-norm clipping are checked exactly above)
-@pytest.mark.parametrize("name, optimizer", [
-    ("momentum", MOMENTUM),
-    ("clip+cosine schedule+nesterov", optax.chain(
-        optax.clip(0.5), optax.sgd(optax.cosine_decay_schedule(0.2, 60), momentum=0.5,
-                                   nesterov=True))),
-])
-def test_fit_trains_with_optax_optimizers(name, optimizer):
-    (x, y), _ = fn.data.load("iris")
-    ts, history = train.fit(IRIS_MLP, optimizer, (x, y), loss=CE, epochs=15, batch_size=30,
-                            key=KEY, progress=False)
-    assert history["loss"][-1] < 0.5 * history["loss"][0], name
-    assert history["train_accuracy"][-1] > 0.8, name
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -169,18 +120,22 @@ def test_evaluate_regression_metrics():
     assert set(got) == {"loss", "mse", "mae", "rmse"}
 
 
-# ----------------------------------------------------------------------------- fit semantics
+def test_evaluate_checks_class_labels_as_the_losses_do():
+    """One check of class labels (fn.losses.check_labels), named for the caller."""
+    model = fn.serial(fn.dense(3))
+    params, state = model.init(KEY, (1, 2))
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(fn.FuncnetError, match=r"evaluate: label 3 is out of range for 3 classes "
+                                              r"\(labels must lie in \[0, 2\]\)"):
+        train.evaluate(model, params, state, x, np.array([0, 1, 2, 3]))
+    with pytest.raises(fn.FuncnetError, match=r"evaluate: labels must have shape \(batch,\), .*"
+                                              r"got logits \(4, 3\) and labels \(4, 1\)"):
+        train.evaluate(model, params, state, x, np.zeros((4, 1), np.int32))
+    with pytest.raises(fn.FuncnetError, match="evaluate: labels must be integer class indices"):
+        train.evaluate(model, params, state, x, np.zeros(4, np.float32), loss=CE)
 
-def test_batch_gradient_descent_and_target_loss():
-    (x, y), _ = fn.data.load("iris")
-    model = fn.models.mlp(3, (16,))
-    ts, history = train.fit(model, optax.sgd(0.5), (x, y), loss=CE, epochs=500,
-                            batch_size=len(x), key=KEY, target_loss=0.2, progress=False)
-    # one step per epoch (the whole training set), stopped by the loss, not the budget
-    assert history["step"] == history["epoch"]
-    assert int(ts.step) == len(history) < 500
-    assert history["loss"][-1] < 0.2 <= history["loss"][-2]
 
+# ----------------------------------------------------------------------------- batch order
 
 def test_each_epoch_is_reshuffled_from_the_key():
     orders = [train.batch_order(KEY, e, 100) for e in range(3)]
@@ -190,148 +145,15 @@ def test_each_epoch_is_reshuffled_from_the_key():
     assert not np.array_equal(orders[0], train.batch_order(jax.random.PRNGKey(1), 0, 100))
 
 
-def test_steps_budget_ends_mid_epoch_with_a_partial_row(digits):
-    (x, y), _ = digits
-    ts, history = train.fit(MLP16, SGD, (x[:256], y[:256]), loss=CE, steps=11, batch_size=32,
-                            key=KEY, progress=False)
-    assert int(ts.step) == 11
-    assert [r.get("partial", False) for r in history] == [False, True]
-    assert history["step"] == [8, 11]
-
-
-@pytest.mark.parametrize("bad, message", [
-    (dict(x=np.zeros((10, 64), np.float32)), "does not take inputs of shape"),
-    (dict(y=np.full(20, 10, np.int32)), "label 10 is out of range"),
-    (dict(y=np.full(20, -1, np.int32)), "label -1 is out of range"),
-    (dict(y=np.zeros(19, np.int32)), "x has 20 examples but y has 19"),
-    (dict(epochs=None), "give a budget"),
-    (dict(batch_size=0), "batch_size must be a positive int"),
-    (dict(val_data=(np.zeros((5, 8, 8, 1), np.float32), np.full(5, 12, np.int32))),
-     "label 12 is out of range"),
-    (dict(optimizer="adam"), "optax GradientTransformation"),
-])
-def test_fit_checks_its_inputs_before_compiling(bad, message):
-    args = dict(x=np.zeros((20, 8, 8, 1), np.float32), y=np.zeros(20, np.int32), epochs=1,
-                batch_size=4, val_data=None, optimizer=optax.sgd(0.1))
-    args.update(bad)
-    x = args["x"]
-    y = args["y"] if "y" in bad or len(x) == 20 else args["y"][:len(x)]
-    with pytest.raises(fn.FuncnetError, match=message):
-        train.fit(fn.models.lenet(10, 8), args["optimizer"], (x, y), loss=CE, epochs=args["epochs"],
-                  batch_size=args["batch_size"], key=KEY, val_data=args["val_data"], progress=False)
-
-
-def test_nan_in_the_data_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, digits):
-    (x, y), _ = digits
-    x, y = x[:256].copy(), y[:256]
-    order = train.batch_order(KEY, 0, len(x))
-    x[order[5 * 32 + 3]] = np.nan  # in the 6th batch of the first epoch
-    with pytest.raises(train.NonFiniteLossError, match=r"at step 6 \(epoch 1, batch 6 of 8\)") as err:
-        train.fit(MLP16, SGD, (x, y), loss=CE, epochs=3,
-                  batch_size=32, key=KEY, checkpoint_dir=tmp_path, checkpoint_every=1,
-                  progress=False)
-    assert isinstance(err.value, FloatingPointError) and err.value.step == 6
-    assert err.value.checkpoint == checkpoint.latest(tmp_path) == str(tmp_path / "ckpt_00000005.npz")
-    saved = checkpoint.restore(err.value.checkpoint)
-    assert int(saved.step) == 5
-    assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(saved.params))
-    assert "last good checkpoint" in str(err.value)
-
-
-# ----------------------------------------------------------------------------- progress bar
-
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-@pytest.mark.parametrize("stream, progress, shown", [
-    (FakeTerminal, True, True), (io.StringIO, True, False), (FakeTerminal, False, False)])
-def test_progress_bar_only_on_a_terminal(monkeypatch, stream, progress, shown):
-    err = stream()
-    monkeypatch.setattr(sys, "stderr", err)
-    (x, y), _ = fn.data.load("iris")
-    train.fit(IRIS_MLP, MOMENTUM, (x, y), loss=CE, epochs=2, batch_size=30, key=KEY,
-              progress=progress)
-    text = err.getvalue()
-    if shown:
-        assert "loss=" in text and "epoch" in text and "step" in text
-    else:
-        assert text == ""
-
-
-# ----------------------------------------------------------------------------- resume
-
-RUN = dict(epochs=4, batch_size=40, checkpoint_every=5)
-BN_NET, ADAM = small_bn_net(), optax.adam(1e-2)
-
-
-def resume_data():
-    (x, y), _ = fn.data.load("digits")
-    return x[:400], y[:400]
-
-
-def run_fit(checkpoint_dir=None, **kw):
-    x, y = resume_data()
-    args = dict(RUN, **kw)
-    return train.fit(BN_NET, ADAM, (x, y), loss=CE, key=KEY, progress=False,
-                     checkpoint_dir=checkpoint_dir, **args)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    return run_fit(tmp_path_factory.mktemp("whole"))
-
-
-def assert_same_run(a, b):
-    (ts_a, h_a), (ts_b, h_b) = a, b
-    for la, lb in zip(jax.tree_util.tree_leaves(ts_a), jax.tree_util.tree_leaves(ts_b)):
-        assert np.array_equal(np.asarray(la), np.asarray(lb))  # bitwise
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
-    assert strip(h_a) == strip(h_b)
-
-
-def test_resume_after_a_steps_budget_is_exact(tmp_path, uninterrupted):
-    first, _ = run_fit(tmp_path, epochs=None, steps=13)  # stops mid-epoch 2
-    assert int(first.step) == 13 and checkpoint.latest(tmp_path).endswith("00000013.npz")
-    assert_same_run(run_fit(tmp_path), uninterrupted)
-
-
-CHILD = textwrap.dedent("""
-    import sys, time, optax
-    sys.path.insert(0, {tests!r})
-    import test_train as t
-    # Slow each epoch down so the parent can kill the run in the middle.
-    t.run_fit({directory!r}, callback=lambda row, state: time.sleep(0.5))
-""")
-
-
-def test_resume_after_sigkill_is_bitwise_equal(tmp_path, uninterrupted):
-    code = CHILD.format(tests=os.path.dirname(__file__), directory=str(tmp_path))
-    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            path = checkpoint.latest(tmp_path)
-            if path is not None and int(path[-12:-4]) >= 15:
-                break
-            assert child.poll() is None, child.stderr.read().decode()
-            time.sleep(0.02)
-        else:
-            pytest.fail("the child wrote no checkpoint in 120 s")
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-    assert child.returncode == -signal.SIGKILL
-    killed_at = int(checkpoint.latest(tmp_path)[-12:-4])
-    assert 15 <= killed_at < 40  # 4 epochs of 10 steps: it was killed mid-run
-    assert_same_run(run_fit(tmp_path), uninterrupted)
-
-
-def test_resume_refuses_a_run_with_other_settings(tmp_path):
-    run_fit(tmp_path, epochs=1)
-    with pytest.raises(fn.FuncnetError, match="batch_size: checkpoint 40, now 20"):
-        run_fit(tmp_path, batch_size=20)
+def test_fit_and_batches_shuffle_alike():
+    n, key = 50, jax.random.PRNGKey(3)
+    data_key = jax.random.split(key, 3)[1]
+    for epoch in (0, 2):
+        expected = fn.data.shuffle(jax.random.fold_in(data_key, epoch), n)
+        assert np.array_equal(train.batch_order(key, epoch, n), expected)
+    xs = np.arange(n)
+    seen = np.concatenate([xb for xb, _ in fn.data.batches(xs, None, 8, key=data_key)])
+    assert np.array_equal(seen, fn.data.shuffle(data_key, n))
 
 
 # ----------------------------------------------------------------------------- explicit choices
@@ -364,26 +186,6 @@ def test_make_step_takes_fits_order_and_the_old_one_with_a_warning(digits):
     assert float(m_new["loss"]) == float(m_old["loss"])
     for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(old)):
         assert np.array_equal(a, b)
-
-
-def test_fit_and_batches_shuffle_alike():
-    n, key = 50, jax.random.PRNGKey(3)
-    data_key = jax.random.split(key, 3)[1]
-    for epoch in (0, 2):
-        expected = fn.data.shuffle(jax.random.fold_in(data_key, epoch), n)
-        assert np.array_equal(train.batch_order(key, epoch, n), expected)
-    xs = np.arange(n)
-    seen = np.concatenate([xb for xb, _ in fn.data.batches(xs, None, 8, key=data_key)])
-    assert np.array_equal(seen, fn.data.shuffle(data_key, n))
-
-
-def test_numpy_ints_are_accepted_like_python_ints(digits):
-    (x, y), _ = digits
-    _, h = train.fit(MLP16, SGD, (x[:64], y[:64]), loss=CE, epochs=np.int64(1),
-                     batch_size=np.int32(32), key=KEY, progress=False)
-    assert h["step"] == [2]
-    assert train.evaluate(MLP16, *train.init_train_state(MLP16, SGD, (1, 8, 8, 1), KEY)[:2],
-                          x[:10], y[:10], batch_size=np.int64(4))["loss"] > 0
 
 
 def test_fit_and_evaluate_take_sequence_logits_with_labels_per_step():

@@ -1,8 +1,10 @@
-"""funcnet/parallel.py and fit(devices=...): data parallelism with jax.sharding.
+"""funcnet/sharding.py and fit(devices=...): data parallelism with jax.sharding; the old
+spellings of its helpers (fn.parallel.make_mesh, funcnet.parallel), kept with a warning.
 
 The multi-device run needs XLA_FLAGS set before JAX starts, so it runs in a subprocess
 (with a timeout: a hung collective must fail the test, never hang CI).
 """
+import importlib
 import json
 import os
 import subprocess
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
-from funcnet import parallel
+from funcnet import sharding
 
 FOUR_DEVICES = textwrap.dedent("""
     import json, jax, optax, numpy as np
@@ -84,23 +86,87 @@ def test_batches_that_do_not_split_over_the_devices_are_errors(four_device_run):
 
 
 def test_mesh_and_shardings_on_one_device():
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    assert mesh.axis_names == ("batch",) and parallel.make_mesh(mesh) is mesh
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    assert mesh.axis_names == ("batch",) and sharding.make_mesh(mesh) is mesh
     x = np.arange(12.0).reshape(6, 2)
-    sharded = parallel.shard_batch({"x": x}, mesh)["x"]
+    sharded = sharding.shard_batch({"x": x}, mesh)["x"]
     assert sharded.sharding.spec == jax.sharding.PartitionSpec("batch")
     np.testing.assert_array_equal(np.asarray(sharded), x)
-    rep = parallel.replicate({"w": np.ones(3)}, mesh)["w"]
+    rep = sharding.replicate({"w": np.ones(3)}, mesh)["w"]
     assert rep.sharding.spec == jax.sharding.PartitionSpec()
 
 
 def test_mesh_errors():
     with pytest.raises(fn.FuncnetError, match=r"sequence of devices or a Mesh, got 4; .*\[:n\]"):
-        parallel.make_mesh(4)
+        sharding.make_mesh(4)
     with pytest.raises(fn.FuncnetError, match="devices is empty"):
-        parallel.make_mesh([])
+        sharding.make_mesh([])
     with pytest.raises(fn.FuncnetError, match="lists a device twice"):
-        parallel.make_mesh(jax.devices()[:1] * 2)
+        sharding.make_mesh(jax.devices()[:1] * 2)
     other = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     with pytest.raises(fn.FuncnetError, match="axis named 'batch'"):
-        parallel.make_mesh(other)
+        sharding.make_mesh(other)
+
+
+def test_make_mesh_2d_takes_numpy_ints_and_refuses_what_does_not_divide():
+    one = jax.devices()[:1]
+    mesh = sharding.make_mesh_2d(one, model=np.int64(1))
+    assert mesh.axis_names == ("batch", "model") and dict(mesh.shape) == {"batch": 1, "model": 1}
+    with pytest.raises(fn.FuncnetError, match="make_mesh_2d: model must be a positive int, got True"):
+        sharding.make_mesh_2d(one, model=True)
+    with pytest.raises(fn.FuncnetError, match="make_mesh_2d: model must be a positive int, got 1.0"):
+        sharding.make_mesh_2d(one, model=1.0)
+    with pytest.raises(fn.FuncnetError, match="dividing the 1 devices, got 2"):
+        sharding.make_mesh_2d(one, model=np.int32(2))
+
+
+# ----------------------------------------------------------------------------- old spellings
+
+def test_fn_sharding_is_lazy_and_is_this_module():
+    code = ("import sys, funcnet as fn; assert 'funcnet.sharding' not in sys.modules; "
+            "assert fn.sharding is sys.modules['funcnet.sharding']; print(fn.sharding.AXIS)")
+    proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "batch\n", proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", sharding.__all__)
+def test_fn_parallel_dot_a_helper_warns_and_is_the_helper(name):
+    with pytest.warns(DeprecationWarning, match=rf"fn\.parallel\.{name} is deprecated: use "
+                                                rf"fn\.sharding\.{name}"):
+        old = getattr(fn.parallel, name)
+    assert old is getattr(sharding, name)
+
+
+def test_the_old_spellings_give_the_same_results():
+    with pytest.warns(DeprecationWarning, match="fn.sharding.make_mesh"):
+        mesh = fn.parallel.make_mesh(jax.devices()[:1])
+    with pytest.warns(DeprecationWarning, match="fn.sharding.shard_batch"):
+        sharded = fn.parallel.shard_batch(np.arange(4.0), mesh)
+    assert mesh == sharding.make_mesh(jax.devices()[:1])
+    assert sharded.sharding == sharding.shard_batch(np.arange(4.0), mesh).sharding
+    np.testing.assert_array_equal(np.asarray(sharded), np.arange(4.0))
+    with pytest.raises(AttributeError, match="has no attribute 'make_mash'"):
+        assert fn.parallel.make_mash is None  # a typo is not forwarded
+
+
+def test_importing_funcnet_parallel_warns_and_leaves_fn_parallel_the_combinator(monkeypatch):
+    import funcnet
+    from funcnet.combinators import parallel as combinator
+    before = funcnet.parallel
+    monkeypatch.delitem(sys.modules, "funcnet.parallel", raising=False)  # a first import
+    with pytest.warns(DeprecationWarning, match="the module funcnet.parallel is deprecated: .* "
+                                                "funcnet.sharding"):
+        module = importlib.import_module("funcnet.parallel")
+    # the package attribute is still the combinator, and the "module" is that same object
+    assert funcnet.parallel is before is module and fn.parallel.__wrapped__ is combinator
+    layer = fn.parallel(fn.dense(2), fn.dense(3))
+    expected = combinator(fn.dense(2), fn.dense(3))
+    assert layer.name == expected.name == "parallel"
+    params, _ = layer.init(jax.random.PRNGKey(0), ((1, 4), (1, 5)))
+    want, _ = expected.init(jax.random.PRNGKey(0), ((1, 4), (1, 5)))
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.warns(DeprecationWarning, match="use fn.sharding.make_mesh"):
+        from funcnet.parallel import make_mesh
+    assert make_mesh is sharding.make_mesh
