@@ -41,8 +41,7 @@ from . import distributed
 from . import losses as losses_mod
 from . import _random, parallel
 from ._validate import as_int
-from .core import FuncnetError, Layer, LayerError
-from .layers.embedding import check_indices
+from .core import FuncnetError, Layer, LayerError, check_model_input
 
 __all__ = ["TrainState", "NonFiniteLossError", "History", "init_train_state", "make_step",
            "evaluate", "fit", "batch_order"]
@@ -351,7 +350,7 @@ def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss):
     out_shape = _output_shape(model, params, state, x.shape, where)
     task = _task(loss, y.dtype, len(out_shape))
     _check_targets(y, out_shape, task, where)
-    check_indices(model, params, x, where)  # ids into an embedding: XLA would clamp them
+    check_model_input(model, params, x, where)  # e.g. ids into an embedding: XLA would clamp them
     bs = min(int(batch_size), n)
     fn = _eval_function(model, loss, task)
     batches = []  # padded to one shape (no recompilation), with the mask of the real rows
@@ -556,7 +555,7 @@ def _check_model_fits(model, like, settings, where) -> str:
     out_shape = _output_shape(model, like.params, like.state, settings.x.shape, where)
     task = _task(settings.loss, settings.y.dtype, len(out_shape))
     _check_targets(settings.y, out_shape, task, where)
-    check_indices(model, like.params, settings.x, where)  # ids into an embedding: XLA would clamp them
+    check_model_input(model, like.params, settings.x, where)  # jit cannot check ids
     if settings.val is not None:
         _check_targets(settings.val[1], out_shape, task, "fit (val_data)")
     return task
