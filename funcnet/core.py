@@ -22,9 +22,9 @@ from . import _random
 from ._validate import nonempty_shape
 from .errors import FuncnetError, LayerError
 
-__all__ = ["Layer", "serial", "summary", "param_paths", "infer_output_shape", "check_model_input",
-           "child_trees", "is_branching", "is_sequence", "is_container", "FuncnetError", "LayerError",
-           "KINDS", "NONE", "SERIAL", "PARALLEL", "RESIDUAL", "EACH_STEP"]
+__all__ = ["Layer", "serial", "summary", "param_paths", "leaf_paths", "infer_output_shape",
+           "check_model_input", "child_trees", "is_branching", "is_sequence", "is_container",
+           "FuncnetError", "LayerError", "KINDS", "NONE", "SERIAL", "PARALLEL", "RESIDUAL", "EACH_STEP"]
 
 
 # How a container combines its children: `Layer.combine`. Every walker (param paths,
@@ -56,6 +56,9 @@ class Layer(NamedTuple):
     `fit` and `evaluate` call it, through `check_model_input`, on the layers that first see
     the input.
 
+    `shared` lists the (use, owner, transpose) parameter paths of a model built by
+    `fn.share`: its params hold None at each use, filled from the owner by its forward.
+
     Caches hold arrays only: a cache passes through jit, vmap and custom_vjp residuals,
     where a Python int would become a tracer, so an integer a backward needs (a count, a
     size) travels as the shape of an empty array. Old positional constructions
@@ -70,6 +73,7 @@ class Layer(NamedTuple):
     layers: Tuple[Layer, ...] = ()
     combine: str = NONE
     check_input: Optional[Callable] = None
+    shared: Tuple[Tuple[str, str, bool], ...] = ()
 
     def apply(self, params, state, x, *, train: bool = False, key=None):
         """`forward` without the cache: returns (y, new_state)."""
@@ -224,18 +228,29 @@ def is_container(layer: Layer) -> bool:
 
 def param_paths(model: Layer, params) -> list:
     """(path, leaf) pairs naming each parameter leaf, e.g. ("3:conv2d/w", array)."""
-    out = []
+    return [(path, leaf) for path, _, leaf in leaf_paths(model, params)]
 
-    def walk(layer, p, prefix):
+
+def leaf_paths(model: Layer, params, *, keep_none=False) -> list:
+    """(path, key path, leaf) per parameter leaf, in `jax.tree_util` leaf order: the path as
+    `param_paths` writes it, the key path as `tree_flatten_with_path` does. `keep_none`
+    lists None entries (a shared parameter's other uses, see `fn.share`) as leaves too."""
+    out = []
+    is_leaf = (lambda v: v is None) if keep_none else None
+
+    def walk(layer, p, prefix, kp):
         if is_container(layer):
             for i, (child, cp) in enumerate(zip(layer.layers, child_trees(layer, p))):
-                walk(child, cp, prefix if layer.combine == EACH_STEP else f"{prefix}{i}:{child.name}/")
+                if layer.combine == EACH_STEP:
+                    walk(child, cp, prefix, kp)
+                else:
+                    walk(child, cp, f"{prefix}{i}:{child.name}/", kp + (jax.tree_util.SequenceKey(i),))
             return
-        for path, leaf in jax.tree_util.tree_flatten_with_path(p)[0]:
-            out.append((prefix + "/".join(_key_str(k) for k in path), leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(p, is_leaf=is_leaf)[0]:
+            out.append((prefix + "/".join(_key_str(k) for k in path), kp + tuple(path), leaf))
 
     root = model.combine in (SERIAL, PARALLEL, RESIDUAL) and model.layers
-    walk(model, params, "" if root else f"{model.name}/")
+    walk(model, params, "" if root else f"{model.name}/", ())
     return out
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from .. import _random
 from ..core import (EACH_STEP, PARALLEL, RESIDUAL, Layer, child_trees, is_branching,
                     is_container)
+from ..sharing import fill_shared
 from .report import _excess
 
 __all__ = ["localize"]
@@ -41,7 +42,8 @@ def _calls(layer: Layer, params, state, x, train, key, path=(), labels=None):
         y = layer.apply(params, state, x, train=train, key=key)[0]
         return [(path, layer, params, state, x, key, True)], y
     labels = labels or _child_labels(layer)
-    ps, ss, n = child_trees(layer, params), child_trees(layer, state), len(layer.layers)
+    filled = fill_shared(layer, params)  # the children see every use of a shared parameter
+    ps, ss, n = child_trees(layer, filled), child_trees(layer, state), len(layer.layers)
     if layer.combine == EACH_STEP:
         b, t = x.shape[:2]
         found, y = _calls(layer.layers[0], ps[0], ss[0], x.reshape((b * t,) + x.shape[2:]), train,
