@@ -1,4 +1,7 @@
-"""Run every benchmark and write benchmarks/RESULTS.md.
+"""Run every benchmark and write its tables into benchmarks/RESULTS.md.
+
+Each table goes between its `<!-- benchmarks.run:NAME -->` markers (two of them in
+benchmarks/investigations/); the conclusions and links around the markers are kept.
 
     python -m benchmarks.run            # the full run (~10-15 minutes on 2 cores)
     python -m benchmarks.run --quick    # fewer repeats and paths (~2 minutes)
@@ -272,81 +275,114 @@ def targets(R):
     return out
 
 
-def write_results(R, args, elapsed, load_before, load_after):
+# The runner's sections: (name, heading in a new file, the file under benchmarks/ it is kept in).
+# The two investigations' tables are kept beside their narratives.
+SECTIONS = (("header", "How this run was made", "RESULTS.md"),
+            ("ceiling", "Matmul ceiling", "RESULTS.md"),
+            ("mlp", "MLP 784-512-512-10, ReLU, softmax-CE", "RESULTS.md"),
+            ("mlp_bn", "MLP 784-512-512-10 + batch norm + dropout(0.2)", "RESULTS.md"),
+            ("lenet", "LeNet: conv5×5(6,SAME)-relu-pool-conv5×5(16)-relu-pool-120-84-10", "RESULTS.md"),
+            ("targets", "Targets", "RESULTS.md"),
+            ("paths", "The convolution-path investigation",
+             "investigations/which-lenet-step-formulation-is-fastest.md"),
+            ("flags", "XLA CPU flags", "investigations/which-xla-cpu-flags-help.md"),
+            ("numgrad", "Numerical gradients", "RESULTS.md"),
+            ("digits", "Time to 97% test accuracy on digits", "RESULTS.md"))
+
+
+def _blocks(R, args, elapsed, load_before, load_after):
+    """{section: the markdown this run writes for it}; a section it did not measure says so."""
     v = _versions()
-    L = ["# Benchmark results", "",
-         f"Command: `{' '.join(['python -m benchmarks.run'] + sys.argv[1:])}` "
-         f"({'quick' if args.quick else 'full'} run, {elapsed / 60:.1f} min).  ",
-         f"Machine: {_cpu_name()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}; "
-         f"JAX backend {jax.default_backend()}.  ",
-         f"Load average (1, 5, 15 min) before: {load_before}, after: {load_after} — the machine is shared "
-         "with other jobs; interleaving the competitors makes the *ratios* robust to that, the "
-         "absolute numbers are not.  ",
-         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", "",
-         f"Protocol: each table's competitors run in one process, interleaved (repeat r runs A, B, C, "
-         f"then repeat r+1), after warm-up; {args.repeats} repeats of {args.inner} steps each, "
-         "`block_until_ready` on JAX results; the median ms/step with [min–max] over repeats. "
-         "Batch 128, SGD with momentum (η 0.01, μ 0.9), float32. GFLOP/s counts 3 × the forward's "
-         "2·multiply-adds (element-wise work not counted). × raw JAX = raw JAX time / competitor time "
-         "(above 1 is faster than raw JAX). jit compile s = `lower().compile()` of the step.", ""]
+    command = " ".join(["python -m benchmarks.run"] + sys.argv[1:])
+    B = {name: [f"Not measured by `{command}`."] for name, _, _ in SECTIONS}
+    B["header"] = [
+        f"Command: `{command}` ({'quick' if args.quick else 'full'} run, {elapsed / 60:.1f} min, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).  ",
+        f"Machine: {_cpu_name()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}; "
+        f"JAX backend {jax.default_backend()}.  ",
+        f"Load average (1, 5, 15 min) before: {load_before}, after: {load_after} — the machine is shared "
+        "with other jobs; interleaving the competitors makes the *ratios* robust to that, the "
+        "absolute numbers are not.  ",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", "",
+        f"Protocol: each table's competitors run in one process, interleaved (repeat r runs A, B, C, "
+        f"then repeat r+1), after warm-up; {args.repeats} repeats of {args.inner} steps each, "
+        "`block_until_ready` on JAX results; the median ms/step with [min–max] over repeats. "
+        "Batch 128, SGD with momentum (η 0.01, μ 0.9), float32. GFLOP/s counts 3 × the forward's "
+        "2·multiply-adds (element-wise work not counted). × raw JAX = raw JAX time / competitor time "
+        "(above 1 is faster than raw JAX). jit compile s = `lower().compile()` of the step."]
     c = R["ceiling"]
-    L += ["## Matmul ceiling", "",
-          f"`jax.jit(jnp.dot)` on 2048×2048 float32: **{c.gflops:.1f} GFLOP/s** "
-          f"({c.median * 1e3:.1f} ms [{c.lo * 1e3:.1f}–{c.hi * 1e3:.1f}]).", ""]
-    for kind, title in (("mlp", "MLP 784-512-512-10, ReLU, softmax-CE"),
-                        ("mlp_bn", "MLP 784-512-512-10 + batch norm + dropout(0.2)"),
-                        ("lenet", "LeNet: conv5×5(6,SAME)-relu-pool-conv5×5(16)-relu-pool-120-84-10")):
+    B["ceiling"] = [f"`jax.jit(jnp.dot)` on 2048×2048 float32: **{c.gflops:.1f} GFLOP/s** "
+                    f"({c.median * 1e3:.1f} ms [{c.lo * 1e3:.1f}–{c.hi * 1e3:.1f}])."]
+    for kind in ("mlp", "mlp_bn", "lenet"):
         if kind in R:
-            L += [f"## {title}", "", _table(R[kind], c if kind.startswith("mlp") else None), ""]
-    L += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+            B[kind] = [_table(R[kind], c if kind.startswith("mlp") else None)]
+    B["targets"] = ["| target | measured | met |", "|---|---|---|"]
     for name, val, met in targets(R):
-        L.append(f"| {name} | {val:.2f} | {'yes' if met else '**no**'} |")
-    L.append("")
+        B["targets"].append(f"| {name} | {val:.2f} | {'yes' if met else '**no**'} |")
     if "paths" in R:
-        L += ["## The convolution-path investigation", "",
-              "Every formulation of the same LeNet step (`benchmarks/lenet_paths.py`), one process, "
-              "interleaved; × is relative to the first row (raw JAX).", "",
-              _table(R["paths"]), ""]
+        B["paths"] = ["Every formulation of the same LeNet step (`benchmarks/lenet_paths.py`), one process, "
+                      "interleaved; × is relative to the first row (raw JAX).", "", _table(R["paths"])]
     if "flags" in R:
-        L += ["### XLA CPU flags", "", "One child process per `XLA_FLAGS` setting (flags are read when "
-              "the backend starts, so these cannot share a process); ms/step medians inside each child.", "",
-              "| XLA_FLAGS | raw JAX ms | funcnet manual ms |", "|---|---|---|"]
+        B["flags"] = ["One child process per `XLA_FLAGS` setting (flags are read when "
+                      "the backend starts, so these cannot share a process); ms/step medians inside each "
+                      "child.", "", "| XLA_FLAGS | raw JAX ms | funcnet manual ms |", "|---|---|---|"]
         for name, r in R["flags"].items():
             if "error" in r:
-                L.append(f"| {name} (`{FLAG_SETS[name]}`) | error | {r['error'][:80]} |")
+                B["flags"].append(f"| {name} (`{FLAG_SETS[name]}`) | error | {r['error'][:80]} |")
             else:
-                L.append(f"| {name} (`{FLAG_SETS[name]}`) | {r['raw JAX'] * 1e3:.2f} | "
-                         f"{r['funcnet manual'] * 1e3:.2f} |")
-        L.append("")
+                B["flags"].append(f"| {name} (`{FLAG_SETS[name]}`) | {r['raw JAX'] * 1e3:.2f} | "
+                                  f"{r['funcnet manual'] * 1e3:.2f} |")
     if "numgrad" in R:
         g = R["numgrad"]
-        L += ["## Numerical gradients", "",
-              f"Full centred-difference gradient of all {g['params']:,} LeNet parameters (float64, "
-              f"batch {g['batch']}) with `fn.numerical_grad`: **{g['full_s']:.1f} s** "
-              f"(rel_error vs jax.grad {g['rel_error']:.1e}). cs231n-style Python loop over coordinates "
-              f"(same jitted loss, one coordinate at a time), timed on {g['loop_sample']} random "
-              f"coordinates and scaled: **{g['loop_s_scaled']:.0f} s** (rel_error {g['loop_rel_error']:.1e}). "
-              f"Speed-up **{g['speedup']:.1f}×**.", ""]
+        B["numgrad"] = [
+            f"Full centred-difference gradient of all {g['params']:,} LeNet parameters (float64, "
+            f"batch {g['batch']}) with `fn.numerical_grad`: **{g['full_s']:.1f} s** "
+            f"(rel_error vs jax.grad {g['rel_error']:.1e}). cs231n-style Python loop over coordinates "
+            f"(same jitted loss, one coordinate at a time), timed on {g['loop_sample']} random "
+            f"coordinates and scaled: **{g['loop_s_scaled']:.0f} s** (rel_error {g['loop_rel_error']:.1e}). "
+            f"Speed-up **{g['speedup']:.1f}×**."]
     if "digits" in R:
-        L += ["## Time to 97% test accuracy on digits", "",
-              f"scikit-learn digits (1,797 8×8 images, x/16), 25% stratified test split; MLP 64-{extras.HIDDEN[0]}-10, "
-              f"ReLU, Adam (lr {extras.LR}), batch {extras.BATCH}; test accuracy checked after every epoch; "
-              "the clock includes building the model and compiling (funcnet) and stops at the first "
-              "epoch with test accuracy ≥ 97%. Runs interleaved, one seed per repeat.", "",
-              "| competitor | seconds, median [min–max] | epochs | accuracy |", "|---|---|---|---|"]
+        B["digits"] = [
+            f"scikit-learn digits (1,797 8×8 images, x/16), 25% stratified test split; MLP 64-{extras.HIDDEN[0]}-10, "
+            f"ReLU, Adam (lr {extras.LR}), batch {extras.BATCH}; test accuracy checked after every epoch; "
+            "the clock includes building the model and compiling (funcnet) and stops at the first "
+            "epoch with test accuracy ≥ 97%. Runs interleaved, one seed per repeat.", "",
+            "| competitor | seconds, median [min–max] | epochs | accuracy |", "|---|---|---|---|"]
         for k, rows in R["digits"].items():
             s = [r[0] for r in rows]
-            L.append(f"| {k} | {np.nanmedian(s):.2f} [{np.nanmin(s):.2f}–{np.nanmax(s):.2f}] | "
-                     f"{', '.join(str(r[1]) for r in rows)} | {', '.join(f'{r[2]:.3f}' for r in rows)} |")
-        L.append("")
-    notes = os.path.join(HERE, "NOTES.md")
-    if os.path.exists(notes):
-        with open(notes) as f:
-            L += [f.read()]
-    path = os.path.join(HERE, "RESULTS.md") if not args.out else args.out
-    with open(path, "w") as f:
-        f.write("\n".join(L))
-    print(f"\nwrote {path}")
+            B["digits"].append(f"| {k} | {np.nanmedian(s):.2f} [{np.nanmin(s):.2f}–{np.nanmax(s):.2f}] | "
+                               f"{', '.join(str(r[1]) for r in rows)} | {', '.join(f'{r[2]:.3f}' for r in rows)} |")
+    return {name: "\n".join(lines) for name, lines in B.items()}
+
+
+def splice(text, blocks):
+    """text with each block put between its markers, `<!-- benchmarks.run:NAME -->` and
+    `<!-- /benchmarks.run:NAME -->`. Everything outside the markers (headings, conclusions,
+    links) is kept as it is; a block whose markers are missing is appended under its heading."""
+    headings = {name: heading for name, heading, _ in SECTIONS}
+    text = text or "# Benchmark results\n"
+    for name, body in blocks.items():
+        begin, end = f"<!-- benchmarks.run:{name} -->", f"<!-- /benchmarks.run:{name} -->"
+        i, j = text.find(begin), text.find(end)
+        if 0 <= i < j:  # the blank line ends a table before the marker
+            text = text[:i + len(begin)] + "\n" + body + "\n\n" + text[j:]
+        else:
+            text = text.rstrip("\n") + f"\n\n## {headings[name]}\n\n{begin}\n{body}\n\n{end}\n"
+    return text
+
+
+def write_results(R, args, elapsed, load_before, load_after):
+    """Writes this run's tables between their markers in RESULTS.md and the two investigations
+    (or all into --out), keeping the prose around them; a new file gets each under its heading."""
+    blocks = _blocks(R, args, elapsed, load_before, load_after)
+    files = {}
+    for name, _, where in SECTIONS:
+        files.setdefault(args.out or os.path.join(HERE, where), {})[name] = blocks[name]
+    for path, these in files.items():
+        old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(splice(old, these))
+        print(f"wrote {path}")
 
 
 def check_pytorch(n=8):

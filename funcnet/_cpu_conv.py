@@ -10,9 +10,10 @@ channels and the output's channels are both wide. Two shapes of a small CNN are 
   both sides, and runs a convolution over blocks.
 
 Both are plain lax operations: autodiff, jvp, vmap and second derivatives go through them.
-`cpu_form` picks one (or none) for a `correlate` call and wraps it in
-`lax.platform_dependent`, so other backends keep XLA's own convolution. Measurements, and
-the cases where they lose: benchmarks/RESULTS.md, "One- and few-channel convolutions"
+`cpu_form` picks one (or none) for a `correlate` call; `per_platform`, the only way
+`ops.correlate` reaches them, runs it only in a program compiled for a CPU, so a GPU or
+TPU keeps XLA's own convolution. Measurements, and the cases where they lose:
+benchmarks/RESULTS.md, "One- and few-channel convolutions"
 (`python -m benchmarks.conv_forms`).
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 from jax import lax
 
 from ._xla_env import ynn_fusions_off
+
+__all__ = ["per_platform", "cpu_form", "rows_as_channels", "space_to_depth"]
 
 NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 NHWC_HWOI = ("NHWC", "HWOI", "NHWC")  # conv2d's dx: the kernel's in/out channels swapped
@@ -85,9 +88,27 @@ def space_to_depth(x, w, padding):
     return y[:, :ho, :wo]
 
 
+def per_platform(xla, x, w, stride, padding, lhs_dilation, rhs_dilation, dims):
+    """y = xla(x, w), XLA's own convolution, in a program compiled for a GPU or TPU (or any
+    platform but the CPU); in one compiled for a CPU, the faster arrangement of the same
+    sums where one applies (`cpu_form`).
+
+    The platform is the one the program is lowered for, chosen by `lax.platform_dependent`
+    (both branches are traced; only the chosen one reaches the compiler), rather than
+    `jax.default_backend()` read at trace time: a program jitted onto a GPU host's CPU
+    device, or exported for another platform, gets its own platform's form. (Called eagerly,
+    outside jit, the choice follows the default backend.)
+    """
+    form = cpu_form(x, w, stride, padding, lhs_dilation, rhs_dilation, dims)
+    if form is None:
+        return xla(x, w)
+    return lax.platform_dependent(x, w, cpu=form, default=xla)
+
+
 def cpu_form(x, w, stride, padding, lhs_dilation, rhs_dilation, dims):
     """The faster XLA:CPU arrangement of this `correlate` call, as a function (x, w) -> y
-    taking the kernel as given in `dims`; None where XLA's convolution is kept."""
+    taking the kernel as given in `dims`; None where XLA's convolution is kept. Any
+    platform would run it as given: `per_platform` keeps it to programs compiled for a CPU."""
     if (isinstance(padding, str) or lhs_dilation != (1, 1) or rhs_dilation != (1, 1)
             or math.prod(x.shape[:3]) < MIN_PIXELS):
         return None

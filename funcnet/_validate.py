@@ -1,10 +1,14 @@
-"""Argument checks shared by every module: one way to check an int, a pair, a condition.
+"""Argument checks shared by every module: one way to check an int, a float, a pair, a
+condition, and one way to carry ints through a cache.
 
 Private to the package: layers, training and data import these; users never need them.
-NumPy integers are accepted wherever a Python int is (`operator.index`), bools are not.
+NumPy integers are accepted wherever a Python int is (`operator.index`), NumPy floats and
+ints wherever a Python float is (`numbers.Real`); bools are neither.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Tuple
 
@@ -13,8 +17,8 @@ import jax.numpy as jnp
 
 from .errors import LayerError
 
-__all__ = ["check", "as_int", "positive_pair", "float_dtype", "padding_spec", "nonempty_shape",
-           "shape_token"]
+__all__ = ["check", "as_int", "as_float", "positive_pair", "float_dtype", "padding_spec",
+           "nonempty_shape", "int_token", "token_int", "ints_token", "token_ints"]
 
 
 def check(condition: bool, message: str):
@@ -32,6 +36,39 @@ def as_int(value, what: str, where: str, *, minimum: int = 1, error=LayerError) 
         kind = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
         raise error(f"{where}: {what} must be {kind}, got {value!r}")
     return value
+
+
+def as_float(value, what: str, where: str, *, low=None, high=None, low_open: bool = False,
+             high_open: bool = False, words: str | None = None, error=LayerError) -> float:
+    """`value` as a Python float: a real number (Python or NumPy, float or int, not bool),
+    finite, and within the bounds given (`low_open` / `high_open` exclude the bound itself),
+    else `error` naming `where`, `what` and the allowed range:
+    "layer_norm: eps must be a finite number > 0, got nan", "dropout: rate must be in
+    [0, 1), got 1.0". `words` replaces the range's wording where a message already says it
+    its own way ("a positive number")."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)
+        ok = ((low is None or (v > low if low_open else v >= low))
+              and (high is None or (v < high if high_open else v <= high)))
+    if not ok:
+        words = words or _range_words(low, high, low_open, high_open)
+        raise error(f"{where}: {what} must be {words}, got {value!r}")
+    return float(value)
+
+
+def _range_words(low, high, low_open, high_open) -> str:
+    """The allowed range in words: "a finite number >= 0", "in [0, 1)", "strictly between
+    0 and 1"."""
+    if low is not None and high is not None:
+        if low_open and high_open:
+            return f"strictly between {low:g} and {high:g}"
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"a finite number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"a finite number {'<' if high_open else '<='} {high:g}"
+    return "a finite number"
 
 
 def positive_pair(value, what: str, where: str) -> Tuple[int, int]:
@@ -108,7 +145,30 @@ def nonempty_shape(shape, where: str) -> tuple:
     return shape
 
 
-def shape_token(x):
-    """An empty array that carries x's shape (but its batch) and dtype through a cache:
-    a cache holds arrays, and this one costs nothing. Read back with `.shape[1:]`."""
-    return jnp.zeros((0,) + tuple(x.shape[1:]), x.dtype)
+# Ints through a cache. A cache holds arrays only (core.py, the Layer's docstring, says
+# why), so an int a backward needs (a count, a size, a shape) travels as the shape of an
+# empty array: the ints followed by a 0, which holds no elements and costs nothing. Its
+# shape is static under jit and vmap, so the backward reads Python ints back. One
+# mechanism, two spellings: a tuple of ints (a shape), or one int.
+
+def ints_token(ints) -> jax.Array:
+    """An empty array of shape (*ints, 0) that carries the Python ints `ints` through a
+    cache (a cache holds arrays only: core.py); read back with `token_ints`."""
+    return jnp.zeros(tuple(operator.index(n) for n in ints) + (0,))
+
+
+def token_ints(token) -> tuple:
+    """The ints an `ints_token` carries, as a tuple of Python ints."""
+    return tuple(token.shape[:-1])
+
+
+def int_token(n) -> jax.Array:
+    """An empty array that carries the Python int `n` through a cache (`ints_token((n,))`);
+    read back with `token_int`."""
+    return ints_token((n,))
+
+
+def token_int(token) -> int:
+    """The int an `int_token` carries."""
+    (n,) = token_ints(token)
+    return n

@@ -41,15 +41,15 @@ import keyword
 import operator
 import os
 import re
-import tempfile
 import urllib.parse
 import zipfile
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._files import atomic_write, fsync_dir  # atomic_write: still importable from here
 from ._validate import as_int
 from .errors import FuncnetError
 
@@ -75,51 +75,6 @@ class CheckpointMismatchError(CheckpointError):
         listing = "\n  ".join(self.differences)
         super().__init__(f"{path}: checkpoint does not match `like` "
                          f"({len(self.differences)} difference(s)):\n  {listing}")
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-def atomic_write(path, write: Callable[[Any], None]) -> str:
-    """Write a file atomically: `write(fileobj)` into a temp file beside `path`, then rename.
-
-    The temp file lives in the target's directory (so `os.replace` is a same-filesystem
-    rename), is flushed and fsync'ed before the rename, and the directory is fsync'ed after
-    it, so after a crash `path` holds either the old or the new content, never a mix. On
-    any error the temp file is removed and the error re-raised; `path` is untouched.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        # mkstemp makes the file 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return path
-
-
-def _fsync_dir(directory: str):
-    """Persist a rename: fsync the directory entry (not possible on Windows; skipped there)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- names and leaves
@@ -714,5 +669,5 @@ def save_step(directory, step: int, tree, *, metadata: Optional[dict] = None,
         except FileNotFoundError:
             pass
     if old:
-        _fsync_dir(os.path.abspath(os.fspath(directory)))
+        fsync_dir(os.path.abspath(os.fspath(directory)))
     return path

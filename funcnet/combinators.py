@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from . import _random
-from ._validate import as_int, check
-from .core import EACH_STEP, PARALLEL, RESIDUAL, Layer, LayerError, infer_output_shape, is_shape, serial
+from ._validate import as_int, check, int_token, token_int
+from .core import (EACH_STEP, PARALLEL, RESIDUAL, Layer, LayerError, infer_output_shape, is_shape,
+                   serial)
 
 __all__ = ["fanout", "parallel", "fanin_sum", "fanin_concat", "residual", "time_distributed"]
 
@@ -123,11 +124,11 @@ def _fanin_sum(hint=""):
         y = x[0]
         for a in x[1:]:
             y = y + a
-        return y, state, {"n": jnp.zeros((len(x), 0))}  # n, by shape (the cache holds arrays)
+        return y, state, {"n": int_token(len(x))}
 
     def backward(params, cache, dy):
         """y = Σ_i x_i, so ∂y/∂x_i = I:  dx_i = dy for every branch."""
-        return {}, (dy,) * cache["n"].shape[0]
+        return {}, (dy,) * token_int(cache["n"])
 
     return Layer(init, forward, backward, "fanin_sum", output_shape)
 
@@ -161,14 +162,14 @@ def fanin_concat(axis: int = -1) -> Layer:
         output_shape(shapes)
         a = axis % len(shapes[0])
         # The sizes travel as the shapes of empty arrays: a cache holds arrays only.
-        return jnp.concatenate(x, axis=a), state, {"sizes": tuple(jnp.zeros((s[a], 0)) for s in shapes)}
+        return jnp.concatenate(x, axis=a), state, {"sizes": tuple(int_token(s[a]) for s in shapes)}
 
     def backward(params, cache, dy):
         """dx_i = dy[..., o_i : o_i + n_i, ...] along the axis (o_i = Σ_{j<i} n_j)."""
         a = axis % dy.ndim
         cuts, start = [], 0
         for marker in cache["sizes"][:-1]:
-            start += marker.shape[0]
+            start += token_int(marker)
             cuts.append(start)
         return {}, tuple(jnp.split(dy, cuts, axis=a))
 

@@ -37,8 +37,8 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from ._validate import as_int
-from .checkpoint import atomic_write
+from ._files import atomic_write
+from ._validate import as_float, as_int
 from .errors import FuncnetError
 
 __all__ = ["DataError", "DATASETS", "SCALES", "load", "split", "load_idx", "read_idx",
@@ -80,10 +80,8 @@ def _check_scale(scale, allowed=SCALES):
 
 
 def _check_fraction(test_fraction):
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.number)) \
-            or not 0.0 < float(test_fraction) < 1.0:
-        raise DataError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
-    return float(test_fraction)
+    return as_float(test_fraction, "test_fraction", "data", low=0.0, high=1.0, low_open=True,
+                    high_open=True, error=DataError)
 
 
 def _check_seed(seed):

@@ -13,16 +13,19 @@ fan_in = kh * kw * c_in, fan_out = c_out. Each is named by what it draws:
 
 The notes' names stay as aliases: `xavier` and `lecun` are lecun_normal, N(0, 1/fan_in)
 (the notes' "Xavier" is this 1/fan_in form, not Glorot's 2/(fan_in + fan_out); dense and
-conv2d default to it, so results stay as they were), and `he` is he_normal.
+the convolutions default to lecun_normal, so results stay as they were), and `he` is
+he_normal.
 
 A weight with a zero-sized dimension is refused (a LayerError, which a serial labels with
 the layer), not divided by zero.
 """
 import math
+import numbers
 
 import jax.numpy as jnp
 
 from . import _random
+from ._validate import as_float
 from .errors import LayerError
 
 __all__ = ["gaussian", "lecun_normal", "glorot_normal", "glorot_uniform", "he_normal", "xavier",
@@ -47,12 +50,11 @@ def fan_out(shape) -> int:
 
 def gaussian(std: float):
     """N(0, std²) weights, whatever the layer's size."""
-    if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
-        raise LayerError(f"gaussian: std must be a finite number >= 0, got {std!r}")
+    scale = as_float(std, "std", "gaussian", low=0.0)
 
     def init(key, shape, dtype=jnp.float32):
         _check_shape(shape, init.__name__)
-        return _random.normal(key, shape, dtype, std)
+        return _random.normal(key, shape, dtype, scale)
 
     init.__name__ = f"gaussian({std})"
     return init
@@ -98,8 +100,8 @@ def ones(key, shape, dtype=jnp.float32):
 
 def _resolve(init, layer: str, what: str):
     """Accept an initializer function, or a number meaning gaussian(number)."""
-    if isinstance(init, (int, float)) and not isinstance(init, bool):
-        return gaussian(float(init))
+    if isinstance(init, numbers.Real) and not isinstance(init, bool):
+        return gaussian(init)
     if not callable(init):
         raise LayerError(f"{layer}: {what} must be an initializer (key, shape, dtype) -> array "
                          f"or a number (Gaussian std), got {init!r}")

@@ -11,6 +11,8 @@ Images are NHWC and kernels HWIO (kh, kw, c_in, c_out); every function also take
 - windows / scatter_windows: the cells of every pooling window, and their transpose.
 - downsample(x, window, kind, edge) and upsample(dy, window): the notes' pooling pair,
   with both edge modes ("ignore" the ragged edge, or "pad" it with zeros).
+- normalize_backward(dx_hat, x_hat, inv_std, axes): dx of x̂ = (x − μ)/σ through μ and σ,
+  batch norm's and layer norm's shared step.
 Everything is vectorized jnp and jit-able; loops run over window cells, never pixels.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from . import _cpu_conv, _validate
 from .errors import LayerError
 
 __all__ = ["correlate", "convolve", "rot180", "dilate", "pad_amounts", "out_size", "windows",
-           "scatter_windows", "downsample", "upsample"]
+           "scatter_windows", "downsample", "upsample", "normalize_backward"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -118,10 +120,9 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
         return lax.conv_general_dilated(x4, w4, stride, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dims)
 
-    form = _cpu_conv.cpu_form(x4, w4, stride, padding, lhs_dilation, rhs_dilation, dims)
-    if form is not None:  # the same sums, arranged as XLA:CPU runs them faster (_cpu_conv)
-        return back(lax.platform_dependent(x4, w4, cpu=form, default=xla))
-    return back(xla(x4, w4))
+    # On a CPU, the same sums arranged as XLA:CPU runs them faster; elsewhere xla (_cpu_conv)
+    return back(_cpu_conv.per_platform(xla, x4, w4, stride, padding, lhs_dilation, rhs_dilation,
+                                       dims))
 
 
 def convolve(x, w, mode="valid"):
@@ -199,3 +200,18 @@ def upsample(dy, window=(2, 2), shape=None):
         up = up[:, :h, :w, :]
         up = jnp.pad(up, ((0, 0), (0, h - up.shape[1]), (0, w - up.shape[2]), (0, 0)))
     return back(up)
+
+
+def normalize_backward(dx_hat, x_hat, inv_std, axes):
+    """dx for x̂ = (x − μ) / σ, σ = √(var + ε), with μ and the biased variance var taken
+    over `axes` (batch norm: every axis but the last; layer norm: the last), given
+    dx̂ = ∂L/∂x̂ and inv_std = 1/σ (broadcastable to x):
+
+        dx = (1/σ) (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))      (means over `axes`)
+
+    the full formula through μ and σ² (Ioffe & Szegedy 2015, section 3): the middle term
+    is the path through μ, the last the path through σ² (∂σ²/∂x = 2(x − μ)/m)."""
+    def mean(a):
+        return jnp.mean(a, axis=axes, keepdims=True)
+
+    return inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))

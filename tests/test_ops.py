@@ -1,5 +1,9 @@
 """ops: correlate / convolve in "valid" and "full" mode, rot180, dilate, downsample,
-upsample — on 2-D matrices (as in the notes) and on NHWC batches, against loops."""
+upsample — on 2-D matrices (as in the notes) and on NHWC batches, against loops; the CPU
+arrangements of a convolution, kept to programs compiled for a CPU; the normalisation
+backward against autodiff."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -176,6 +180,52 @@ def test_few_channel_correlate_runs_over_2x2_blocks_under_funcnets_flag(monkeypa
     assert "f64[8,7,7,24]" in hlo and "f64[3,3,24,64]" in hlo, "few-channel correlate not blocked"
 
 
+
+def _conv2d_forward_and_backward(c_in):
+    """conv2d's forward and hand backward (x, params, dy) -> (y, dparams, dx), and its args."""
+    layer = fn.conv2d(5, 3, padding="SAME")
+    x_shape = (16, 9, 9, c_in)  # >= 1024 pixels: the CPU forms apply
+
+    def run(x, params, dy):
+        y, _, cache = layer.forward(params, {}, x)
+        return y, layer.backward(params, cache, dy)
+
+    with jax.enable_x64(True):
+        params, _ = layer.init(jax.random.PRNGKey(0), x_shape, jnp.float64)
+        args = (jnp.asarray(normal(1, x_shape)), params, jnp.asarray(normal(2, x_shape[:3] + (5,))))
+    return run, args
+
+
+def _convolutions(f, args, platform):
+    """The type signatures of the convolutions in f's program lowered for `platform` (no
+    device of that kind needed: the program is exported, not run)."""
+    text = jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
+    return sorted(re.findall(r"stablehlo\.convolution\(.*: (\(.*\) -> tensor<[^>]*>)", text))
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "rocm", "tpu"])
+@pytest.mark.parametrize("c_in", [1, 3])
+def test_cpu_arrangements_only_in_programs_compiled_for_a_cpu(platform, c_in, monkeypatch):
+    """The rows-as-channels (one channel in) and 2x2-block (2-6 channels, under funcnet's
+    flag) forms are chosen by the platform the program is lowered for: a program for a GPU
+    or TPU holds exactly the convolutions of the plain lax.conv_general_dilated path,
+    forward and backward; one for a CPU holds the CPU forms, with the plain path's values."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # both forms on
+    run, args = _conv2d_forward_and_backward(c_in)
+    with jax.enable_x64(True):
+        arranged = _convolutions(run, args, platform)
+        got = jax.jit(run)(*args) if platform == "cpu" else None
+        monkeypatch.setattr(ops._cpu_conv, "cpu_form", lambda *a: None)  # the plain path only
+        plain = _convolutions(lambda *a: run(*a), args, platform)
+        want = jax.jit(lambda *a: run(*a))(*args) if platform == "cpu" else None
+    assert len(plain) == 3  # y, dx, dw
+    if platform != "cpu":
+        assert arranged == plain
+        return
+    assert arranged != plain
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+
 def test_rot180_flips_both_spatial_axes_only():
     m = jnp.arange(6.0).reshape(2, 3)
     np.testing.assert_array_equal(np.asarray(ops.rot180(m)), [[5, 4, 3], [2, 1, 0]])
@@ -286,6 +336,29 @@ def test_windows_and_scatter_windows_are_transposes():
         xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
         np.testing.assert_array_equal(np.asarray(cells[:, 1, 2, :, 4]), xp[:, 2 + 1, 4 + 1, :])
 
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), -1, (-1,)])
+def test_normalize_backward_is_the_vjp_of_normalizing(axes):
+    """dx = (1/σ)(dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) over the normalised axes is the exact
+    reverse of x -> x̂ = (x − μ)/√(var + ε): batch norm's axes (every one but the last) and
+    layer norm's (the last)."""
+    x, dx_hat = normal(7, (2, 3, 4, 5)), normal(8, (2, 3, 4, 5))
+    eps = 1e-3
+
+    def normalize(x):
+        mean = x.mean(axes, keepdims=True)
+        return (x - mean) / jnp.sqrt(x.var(axes, keepdims=True) + eps)
+
+    with jax.enable_x64(True):
+        x, dx_hat = jnp.asarray(x), jnp.asarray(dx_hat)
+        x_hat, vjp = jax.vjp(normalize, x)
+        inv_std = 1 / jnp.sqrt(x.var(axes, keepdims=True) + eps)
+        got = ops.normalize_backward(dx_hat, x_hat, inv_std, axes)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(vjp(dx_hat)[0]), rtol=1e-10,
+                                   atol=1e-12)
+        # no gradient along a shift of a normalised slice: x̂ ignores it (μ takes it up)
+        assert float(jnp.max(jnp.abs(jnp.sum(got, axes)))) < 1e-12
 
 def test_ops_errors_are_clear():
     with pytest.raises(fn.LayerError, match="mode must be 'valid' or 'full', got 'same'"):

@@ -14,3 +14,9 @@ from .norm import batch_norm
 from .pool import avg_pool, gaussian_pool, learned_pool, max_pool
 from .recurrent import lstm, rnn
 from .reshape import flatten
+
+__all__ = ["elu", "gelu", "gelu_tanh", "identity", "leaky_relu", "log_softmax", "relu", "sigmoid",
+           "sign", "softmax", "softplus", "tanh", "positional_embedding", "self_attention", "conv2d",
+           "conv1d", "conv_transpose2d", "embedding", "global_avg_pool", "layer_norm", "dense",
+           "dropout", "batch_norm", "avg_pool", "gaussian_pool", "learned_pool", "max_pool",
+           "lstm", "rnn", "flatten"]

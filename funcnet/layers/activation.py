@@ -10,7 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .._validate import check
+from .._validate import as_float
 from ..core import Layer
 
 __all__ = ["relu", "sigmoid", "tanh", "sign", "identity", "gelu", "gelu_tanh", "softplus",
@@ -145,16 +145,10 @@ gelu_tanh = _elementwise("gelu_tanh", _gelu_tanh, _gelu_tanh_derivative)
 softplus = _elementwise("softplus", _softplus, _softplus_derivative)
 
 
-def _finite_number(value, what, where):
-    check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-          f"{where}: {what} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def elu(alpha=1.0) -> Layer:
     """elu(x) = x for x > 0, α (eˣ − 1) otherwise (Clevert et al. 2015); α > 0."""
-    alpha = _finite_number(alpha, "alpha", "elu")
-    check(alpha > 0, f"elu: alpha must be > 0, got {alpha!r}")
+    as_float(alpha, "alpha", "elu")  # a finite number first, then its sign: two messages
+    alpha = as_float(alpha, "alpha", "elu", low=0.0, low_open=True, words="> 0")
 
     def f(x):
         """elu(x) = x if x > 0 else α (eˣ − 1)."""
@@ -171,7 +165,7 @@ def elu(alpha=1.0) -> Layer:
 def leaky_relu(negative_slope=0.01) -> Layer:
     """leaky_relu(x) = x for x > 0, negative_slope · x otherwise. Any finite slope is
     allowed, a negative one too (then the layer is not monotonic)."""
-    slope = _finite_number(negative_slope, "negative_slope", "leaky_relu")
+    slope = as_float(negative_slope, "negative_slope", "leaky_relu")
 
     def f(x):
         """leaky_relu(x) = x if x > 0 else a x."""

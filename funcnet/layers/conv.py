@@ -9,7 +9,7 @@ convolution with the kernel rotated by 180 degrees; the two are the same functio
 from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape, padding_spec, positive_pair
 from ..core import Layer
-from ..initializers import _resolve, xavier, zeros
+from ..initializers import _resolve, lecun_normal, zeros
 from ..ops import correlate, out_size, pad_amounts, rot180
 
 __all__ = ["conv2d"]
@@ -28,12 +28,13 @@ def kernel_params(key, input_shape, dtype, name, output_shape, kernel, out_chann
     return {"w": w, "b": b_init(kb, (out_channels,), dtype)}, {}
 
 
-def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xavier,
+def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=lecun_normal,
            b_init=zeros) -> Layer:
     """Convolution with params {"w": (kh, kw, c_in, out_channels), "b": (out_channels,)}.
 
     `padding`: "VALID", "SAME" (output ceil(in / stride)), an int, or
-    ((top, bottom), (left, right)).
+    ((top, bottom), (left, right)). Weights start N(0, 1/fan_in), fan_in = kh·kw·c_in
+    (lecun_normal, the notes' "Xavier"), biases at zero.
     """
     out_channels = as_int(out_channels, "out_channels", "conv2d")
     kernel = positive_pair(kernel_size, "kernel_size", "conv2d")

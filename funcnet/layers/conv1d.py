@@ -5,31 +5,35 @@
 It is conv2d on a height-1 image, (N, W, C) -> (N, 1, W, C) with the kernel (1, k, c_in, out),
 so its forward and backward formulas are conv2d's along the one spatial axis.
 """
-from .._validate import as_int, check
+from .._validate import _is_int, as_int, check, padding_spec
 from ..core import Layer, LayerError
-from ..initializers import xavier, zeros
+from ..initializers import lecun_normal, zeros
 from ..ops import out_size, pad_amounts
 from .conv import conv2d
 
+__all__ = ["conv1d"]
+
 
 def _pads_1d(padding):
-    """A 1-D padding spec as conv2d's: "VALID", "SAME", an int, or (left, right)."""
-    if isinstance(padding, str) or (isinstance(padding, int) and not isinstance(padding, bool)):
-        return padding if isinstance(padding, str) else ((0, 0), (padding, padding))
+    """A 1-D padding spec as conv2d's: "VALID", "SAME", an int (NumPy ints too), or
+    (left, right); the height, 1, is never padded."""
+    if isinstance(padding, str):
+        return padding
+    if _is_int(padding):
+        padding = (padding, padding)
     try:
         left, right = padding
     except (TypeError, ValueError):
         left = right = None
-    spec = ((0, 0), (left, right))
-    pad_amounts(spec, (1, 1), (1, 1), (1, 1), "conv1d")  # ints, not negative
-    return spec
+    return padding_spec(((0, 0), (left, right)), "conv1d")  # ints, not negative
 
 
-def conv1d(out_channels: int, kernel_size: int, stride: int = 1, padding="VALID", w_init=xavier,
-           b_init=zeros) -> Layer:
+def conv1d(out_channels: int, kernel_size: int, stride: int = 1, padding="VALID",
+           w_init=lecun_normal, b_init=zeros) -> Layer:
     """Convolution over the middle axis of (batch, width, channels), params
     {"w": (kernel_size, c_in, out_channels), "b": (out_channels,)}. `padding`: "VALID",
-    "SAME" (output ceil(width / stride)), an int, or (left, right)."""
+    "SAME" (output ceil(width / stride)), an int, or (left, right). Weights start
+    N(0, 1/fan_in) (lecun_normal, the notes' "Xavier"), biases at zero."""
     k = as_int(kernel_size, "kernel_size", "conv1d")
     s = as_int(stride, "stride", "conv1d")
     out_channels = as_int(out_channels, "out_channels", "conv1d")

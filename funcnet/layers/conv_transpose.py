@@ -13,9 +13,11 @@ bottom, and pads zeros at the bottom when k < s).
 """
 from .._validate import as_int, check, positive_pair
 from ..core import Layer
-from ..initializers import _resolve, xavier, zeros
+from ..initializers import _resolve, lecun_normal, zeros
 from ..ops import correlate, pad_amounts, rot180
 from .conv import kernel_params
+
+__all__ = ["conv_transpose2d"]
 
 
 def _crops(padding, kernel, strides):
@@ -29,12 +31,13 @@ def _crops(padding, kernel, strides):
     return pad_amounts(padding, (1, 1), kernel, strides, "conv_transpose2d")
 
 
-def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=xavier,
-                     b_init=zeros) -> Layer:
+def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding="VALID",
+                     w_init=lecun_normal, b_init=zeros) -> Layer:
     """Transposed convolution with params {"w": (kh, kw, c_in, out_channels), "b": (out_channels,)}.
 
     `padding`: "VALID" (p = 0, output (H − 1)·s + k), "SAME" (output H·s), an int p (cropped
-    from both sides, as torch's `padding`) or ((top, bottom), (left, right)).
+    from both sides, as torch's `padding`) or ((top, bottom), (left, right)). Weights start
+    N(0, 1/fan_in) (lecun_normal, the notes' "Xavier"), biases at zero.
     """
     out_channels = as_int(out_channels, "out_channels", "conv_transpose2d")
     kernel = positive_pair(kernel_size, "kernel_size", "conv_transpose2d")

@@ -3,16 +3,17 @@
 from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape
 from ..core import Layer
-from ..initializers import _resolve, xavier, zeros
+from ..initializers import _resolve, lecun_normal, zeros
 
 __all__ = ["dense"]
 
 
-def dense(out: int, w_init=xavier, b_init=zeros) -> Layer:
+def dense(out: int, w_init=lecun_normal, b_init=zeros) -> Layer:
     """Affine layer with params {"w": (fan_in, out), "b": (out,)}.
 
     `w_init` is an initializer or a number (the std of Gaussian weights, cs231n's
-    weight_scale); Xavier by default. Biases start at zero.
+    weight_scale); lecun_normal, N(0, 1/fan_in), by default (the notes' "Xavier"). Biases
+    start at zero.
     """
     out = as_int(out, "out", "dense")
     w_init, b_init = _resolve(w_init, "dense", "w_init"), _resolve(b_init, "dense", "b_init")

@@ -1,6 +1,7 @@
 """Inverted dropout (Srivastava et al. 2014; cs231n, Ng)."""
 
 from .. import _random
+from .._validate import as_float
 from ..core import Layer, LayerError
 
 __all__ = ["dropout"]
@@ -9,9 +10,8 @@ __all__ = ["dropout"]
 def dropout(rate: float) -> Layer:
     """Drop each unit with probability `rate` in training and scale the kept ones by
     1 / (1 − rate), so evaluation is the identity. Needs a `key` only when train=True."""
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
-        raise LayerError(f"dropout: rate is the probability of dropping and must be in [0, 1), "
-                         f"got {rate!r}")
+    rate = as_float(rate, "rate (the probability of dropping)", "dropout", low=0.0, high=1.0,
+                    high_open=True)
 
     def init(key, input_shape, dtype=None):
         return {}, {}

@@ -9,7 +9,7 @@ row (0 or vocab_size − 1): the layer's `check_input` hook (`check_indices`) ch
 import numpy as np
 import jax.numpy as jnp
 
-from .._validate import as_int, check, float_dtype
+from .._validate import as_int, check, float_dtype, int_token, token_int
 from ..core import Layer, LayerError
 from ..initializers import gaussian, _resolve
 
@@ -35,7 +35,7 @@ def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
     def forward(params, state, x, *, train=False, key=None):
         output_shape(tuple(x.shape))
         x, rows = jnp.asarray(x), params["w"].shape[0]
-        cache = {"rows": jnp.zeros((rows, 0))}  # the table's size, as the shape of an empty array
+        cache = {"rows": int_token(rows)}  # the table's size
         if jnp.issubdtype(x.dtype, jnp.floating):
             cache["float_ids"] = jnp.zeros((0,), x.dtype)  # dx is zeros of this dtype
             x = jnp.round(x)
@@ -49,7 +49,7 @@ def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
         The ids are piecewise constant: there is no gradient to the input. dx is None for
         integer ids and zeros for float ids (so fn.check_gradients can be given float ids,
         which its finite differences leave on the same row, as rounding does)."""
-        ids, rows = cache["ids"], cache["rows"].shape[0]
+        ids, rows = cache["ids"], token_int(cache["rows"])
         dw = jnp.zeros((rows, dy.shape[-1]), dy.dtype).at[ids.reshape(-1)].add(
             dy.reshape(-1, dy.shape[-1]))
         dx = jnp.zeros(ids.shape, cache["float_ids"].dtype) if "float_ids" in cache else None

@@ -1,8 +1,10 @@
 """Global average pooling: each channel's mean over the whole image, NHWC -> (N, C)."""
 import jax.numpy as jnp
 
-from .._validate import check
+from .._validate import check, ints_token, token_ints
 from ..core import Layer
+
+__all__ = ["global_avg_pool"]
 
 
 def _no_params(key, input_shape, dtype=None):
@@ -18,14 +20,14 @@ def output_shape(shape):
 
 def _forward(params, state, x, *, train=False, key=None):
     output_shape(tuple(x.shape))
-    # The cache keeps H and W as the shape of an empty array (a cache holds arrays only).
-    return x.mean((1, 2)), state, {"hw": jnp.zeros(x.shape[1:3] + (0,), x.dtype)}
+    # The cache keeps only H and W, as a token.
+    return x.mean((1, 2)), state, {"hw": ints_token(x.shape[1:3])}
 
 
 def _backward(params, cache, dy):
     """y[n, c] = (1 / HW) Σ_{h,w} x[n, h, w, c], so  dx[n, h, w, c] = dy[n, c] / (H·W)
     at every position (mean pooling's upsample, with one window the size of the image)."""
-    h, w = cache["hw"].shape[:2]
+    h, w = token_ints(cache["hw"])
     return {}, jnp.broadcast_to(dy[:, None, None, :] / (h * w), (dy.shape[0], h, w, dy.shape[1]))
 
 

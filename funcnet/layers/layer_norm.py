@@ -1,10 +1,11 @@
 """Layer normalization (Ba, Kiros & Hinton 2016): each example normalized over its last axis."""
-import math
-
 import jax.numpy as jnp
 
-from .._validate import check, float_dtype
+from .._validate import as_float, check, float_dtype
 from ..core import Layer
+from ..ops import normalize_backward
+
+__all__ = ["layer_norm"]
 
 
 def layer_norm(eps=1e-5) -> Layer:
@@ -13,8 +14,7 @@ def layer_norm(eps=1e-5) -> Layer:
     x̂ = (x − μ) / √(σ² + ε) with μ, σ² the mean and biased variance over the last axis (of
     each example and position), y = γ x̂ + β. The same in training and evaluation.
     """
-    check(isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps)
-          and eps > 0, f"layer_norm: eps must be a finite number > 0, got {eps!r}")
+    eps = as_float(eps, "eps", "layer_norm", low=0.0, low_open=True)
 
     def output_shape(shape):
         check(len(shape) >= 2, f"layer_norm expects input (batch, ..., features), got shape {shape}")
@@ -36,15 +36,12 @@ def layer_norm(eps=1e-5) -> Layer:
 
     def backward(params, cache, dy):
         """dβ = Σ δ,  dγ = Σ δ ⊙ x̂  (over every axis but the last), and with dx̂ = δ ⊙ γ and
-        the sums over the D features of each row (the full formula through μ and σ²):
-          dx = (1/D) / √(σ² + ε) · (D dx̂ − Σ dx̂ − x̂ ⊙ Σ (dx̂ ⊙ x̂))."""
+        the means over the D features of each row (the full formula through μ and σ²,
+        ops.normalize_backward):
+          dx = (1/√(σ² + ε)) (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))."""
         x_hat, inv_std = cache["x_hat"], cache["inv_std"]
         axes = tuple(range(dy.ndim - 1))
         dparams = {"gamma": jnp.sum(dy * x_hat, axes), "beta": jnp.sum(dy, axes)}
-        dx_hat = dy * params["gamma"]
-        d = dy.shape[-1]
-        dx = inv_std / d * (d * dx_hat - jnp.sum(dx_hat, -1, keepdims=True)
-                            - x_hat * jnp.sum(dx_hat * x_hat, -1, keepdims=True))
-        return dparams, dx
+        return dparams, normalize_backward(dy * params["gamma"], x_hat, inv_std, -1)
 
     return Layer(init, forward, backward, "layer_norm", output_shape)

@@ -1,11 +1,10 @@
 """Batch normalization (Ioffe & Szegedy 2015) over every axis but the last (features, or
 channels of NHWC conv maps)."""
-import math
-
 import jax.numpy as jnp
 
-from .._validate import check, float_dtype, nonempty_shape
-from ..core import Layer, LayerError
+from .._validate import as_float, check, float_dtype, nonempty_shape
+from ..core import Layer
+from ..ops import normalize_backward
 
 __all__ = ["batch_norm"]
 
@@ -17,11 +16,11 @@ def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
     and running = momentum · running + (1 − momentum) · batch. Evaluation: the running
     statistics stand in for the batch's.
     """
-    for what, v, lo in (("momentum", momentum, 0.0), ("eps", eps, 0.0)):
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
-            raise LayerError(f"batch_norm: {what} must be a finite number >= {lo}, got {v!r}")
-    if momentum > 1:
-        raise LayerError(f"batch_norm: momentum must be in [0, 1], got {momentum!r}")
+    # momentum in two steps, so the message says which went wrong: not a number >= 0, or
+    # above 1.
+    as_float(momentum, "momentum", "batch_norm", low=0.0)
+    momentum = as_float(momentum, "momentum", "batch_norm", low=0.0, high=1.0)
+    eps = as_float(eps, "eps", "batch_norm", low=0.0)
 
     def output_shape(shape):
         check(len(shape) >= 2, f"batch_norm: expects input (batch, ..., features), got shape {shape}")
@@ -55,8 +54,8 @@ def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
     def backward(params, cache, dy):
         """dβ = Σ δ,  dγ = Σ δ ⊙ x̂,  and with dx̂ = δ ⊙ γ over the m examples (every axis
         but the last):
-          training:   dx = (1/m) / √(σ²+ε) · (m dx̂ − Σ dx̂ − x̂ ⊙ Σ (dx̂ ⊙ x̂))
-                      (the full formula through μ_B and σ²_B)
+          training:   dx = (1/√(σ²_B+ε)) (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))
+                      (the full formula through μ_B and σ²_B: ops.normalize_backward)
           evaluation: dx = dx̂ / √(σ²_run + ε)   (the statistics are constants)."""
         x_hat, inv_std = cache["x_hat"], cache["inv_std"]
         axes = tuple(range(dy.ndim - 1))
@@ -64,9 +63,6 @@ def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
         dx_hat = dy * params["gamma"]
         if "batch" not in cache:
             return dparams, dx_hat * inv_std
-        m = math.prod(dy.shape[:-1])
-        dx = inv_std / m * (m * dx_hat - jnp.sum(dx_hat, axes)
-                            - x_hat * jnp.sum(dx_hat * x_hat, axes))
-        return dparams, dx
+        return dparams, normalize_backward(dx_hat, x_hat, inv_std, axes)
 
     return Layer(init, forward, backward, "batch_norm", output_shape)

@@ -7,13 +7,12 @@ padding are all handled by the same two helpers. The stride defaults to the wind
 ragged edge; "SAME" pads it and keeps it (the notes' two edge modes). Max pooling pads
 with −∞ (a pad never wins); mean pooling pads with 0 and always divides by the window area.
 """
-import math
-
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import check, float_dtype, nonempty_shape, padding_spec, positive_pair, shape_token
-from ..core import Layer, LayerError
+from .._validate import (as_float, check, float_dtype, ints_token, nonempty_shape, padding_spec,
+                         positive_pair, token_ints)
+from ..core import Layer
 from ..initializers import _resolve
 from ..ops import out_size, pad_amounts, scatter_windows, windows
 
@@ -62,11 +61,11 @@ def _pool(name, window, stride, padding, cells_forward, cells_backward, init_par
                   f"{params['w'].shape[-1]} channels, got input of shape {tuple(x.shape)}")
         cells = windows(x, window, strides, pads_for(x.shape), pad_value)
         y, cache = cells_forward(params, cells)
-        return y, state, dict(cache, like=shape_token(x))
+        return y, state, dict(cache, like=ints_token(x.shape[1:]))  # the shape, but its batch
 
     def backward(params, cache, dy):
         dparams, d_cells = cells_backward(params, cache, dy)
-        shape = (dy.shape[0],) + cache["like"].shape[1:]
+        shape = (dy.shape[0],) + token_ints(cache["like"])
         return dparams, scatter_windows(d_cells, window, strides, shape[1:3], pads_for(shape))
 
     return Layer(init, forward, backward, name, output_shape)
@@ -124,10 +123,10 @@ def gaussian_kernel(window, sigma):
 def gaussian_pool(window, sigma=1.0, stride=None, padding="VALID") -> Layer:
     """The notes' Gaussian pooling: a fixed Gaussian-weighted average of each window
     (Gaussian blur, then downsampling)."""
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise LayerError(f"gaussian_pool: sigma must be a positive number, got {sigma!r}")
+    sigma = as_float(sigma, "sigma", "gaussian_pool", low=0.0, low_open=True,
+                     words="a positive number")
     win = positive_pair(window, "window", "gaussian_pool")
-    g = gaussian_kernel(win, float(sigma)).reshape(-1)
+    g = gaussian_kernel(win, sigma).reshape(-1)
 
     def cells_forward(params, cells):
         return cells @ g.astype(cells.dtype), {}

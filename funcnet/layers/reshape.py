@@ -1,7 +1,7 @@
 """flatten: (batch, ...) -> (batch, features), the notes' rasterization (光栅化)."""
 import math
 
-from .._validate import check, shape_token
+from .._validate import check, ints_token, token_ints
 from ..core import Layer
 
 __all__ = ["flatten"]
@@ -19,14 +19,14 @@ def _init(key, input_shape, dtype=None):
 
 def _forward(params, state, x, *, train=False, key=None):
     _output_shape(tuple(x.shape))
-    # The cache keeps only the input's shape, as an empty array (a cache holds arrays).
-    return x.reshape(x.shape[0], -1), state, {"like": shape_token(x)}
+    # The cache keeps only the input's shape (but its batch), as a token.
+    return x.reshape(x.shape[0], -1), state, {"like": ints_token(x.shape[1:])}
 
 
 def _backward(params, cache, dy):
     """Rasterization moves values without changing them: δ is reshaped back to the
     feature maps' shape."""
-    return {}, dy.reshape((dy.shape[0],) + cache["like"].shape[1:])
+    return {}, dy.reshape((dy.shape[0],) + token_ints(cache["like"]))
 
 
 flatten = Layer(_init, _forward, _backward, "flatten", _output_shape)
