@@ -6,6 +6,7 @@ from .combinators import fanin_concat, fanin_sum, fanout, residual, time_distrib
 # to fn.sharding) with a DeprecationWarning: see _deprecated.py
 from ._deprecated import parallel
 from .core import FuncnetError, Layer, LayerError, serial, summary
+from .sharing import share
 from .gradcheck import (GradientCheckError, GradientReport, check_backward, check_gradients,
                         check_hvp, check_layer, check_vjp, directional_check, numerical_grad, rel_error)
 from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaussian_pool,

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from . import _random
-from ._validate import as_int, check, int_token
-from .core import Layer, LayerError, infer_output_shape, is_shape, serial
+from ._validate import as_int, check, int_token, token_int
+from .core import (EACH_STEP, PARALLEL, RESIDUAL, Layer, LayerError, infer_output_shape, is_shape,
+                   serial)
 
 __all__ = ["fanout", "parallel", "fanin_sum", "fanin_concat", "residual", "time_distributed"]
 
@@ -102,7 +103,7 @@ def parallel(*layers: Layer) -> Layer:
         out = [layers[i].backward(params[i], cache[i], dy[i]) for i in range(n)]
         return tuple(d for d, _ in out), tuple(dx for _, dx in out)
 
-    return Layer(init, forward, backward, "parallel", output_shape, layers)
+    return Layer(init, forward, backward, "parallel", output_shape, layers, PARALLEL)
 
 
 def _fanin_sum(hint=""):
@@ -127,7 +128,7 @@ def _fanin_sum(hint=""):
 
     def backward(params, cache, dy):
         """y = Σ_i x_i, so ∂y/∂x_i = I:  dx_i = dy for every branch."""
-        return {}, (dy,) * cache["n"].shape[0]
+        return {}, (dy,) * token_int(cache["n"])
 
     return Layer(init, forward, backward, "fanin_sum", output_shape)
 
@@ -168,7 +169,7 @@ def fanin_concat(axis: int = -1) -> Layer:
         a = axis % dy.ndim
         cuts, start = [], 0
         for marker in cache["sizes"][:-1]:
-            start += marker.shape[0]
+            start += token_int(marker)
             cuts.append(start)
         return {}, tuple(jnp.split(dy, cuts, axis=a))
 
@@ -178,8 +179,9 @@ def fanin_concat(axis: int = -1) -> Layer:
 def residual(*layers: Layer, shortcut: Layer = None) -> Layer:
     """y = serial(*layers)(x) + x, or + shortcut(x) (e.g. a 1x1 conv2d projection when the
     channel count changes). Built as serial(fanout(2), parallel(block, shortcut or identity),
-    fanin_sum) and renamed, so its params are ({}, (block, shortcut), {}) and its backward
-    is theirs: dx = dblock/dx · dy + dshortcut/dx · dy."""
+    fanin_sum), marked RESIDUAL (walked as that serial, shown as the block and the shortcut),
+    so its params are ({}, (block, shortcut), {}) and its backward is theirs:
+    dx = dblock/dx · dy + dshortcut/dx · dy."""
     from .layers.activation import identity
 
     block = serial(*layers)
@@ -189,13 +191,14 @@ def residual(*layers: Layer, shortcut: Layer = None) -> Layer:
             "(e.g. shortcut=conv2d(channels, 1, stride))")
     model = serial(fanout(2), parallel(block, identity if shortcut is None else shortcut),
                    _fanin_sum(hint))
-    return model._replace(name="residual")
+    return model._replace(name="residual", combine=RESIDUAL)
 
 
 def time_distributed(layer: Layer) -> Layer:
     """Apply a per-example `layer` to every step of a (batch, time, ...) input: time is
     folded into the batch, (B, T, ...) -> (B·T, ...) -> layer -> (B, T, ...). Params and
-    state are the wrapped layer's. backward: the layer's backward on dy folded the same way."""
+    state are the wrapped layer's (an EACH_STEP container of that one layer). backward: the
+    layer's backward on dy folded the same way."""
     if not isinstance(layer, Layer):
         raise LayerError(f"time_distributed: expects a Layer, got {layer!r}")
     where = f"each step ({layer.name})"
@@ -236,5 +239,5 @@ def time_distributed(layer: Layer) -> Layer:
         dparams, dx = layer.backward(params, cache, dy.reshape((b * t,) + dy.shape[2:]))
         return dparams, None if dx is None else dx.reshape((b, t) + dx.shape[1:])
 
-    return Layer(init, forward, backward, "time_distributed", output_shape)
+    return Layer(init, forward, backward, "time_distributed", output_shape, (layer,), EACH_STEP)
 

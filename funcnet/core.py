@@ -22,18 +22,47 @@ from . import _random
 from ._validate import nonempty_shape
 from .errors import FuncnetError, LayerError
 
-__all__ = ["Layer", "serial", "summary", "param_paths", "infer_output_shape", "FuncnetError",
-           "LayerError"]
+__all__ = ["Layer", "serial", "summary", "param_paths", "leaf_paths", "infer_output_shape",
+           "check_model_input", "child_trees", "is_branching", "is_sequence", "is_container",
+           "FuncnetError", "LayerError", "KINDS", "NONE", "SERIAL", "PARALLEL", "RESIDUAL", "EACH_STEP"]
+
+
+# How a container combines its children: `Layer.combine`. Every walker (param paths,
+# summary, input checks, localisation of a wrong backward) follows this field; `name` is for
+# display only, so a user's layer called "parallel" is a leaf and a user's combinator built
+# with combine=SERIAL is walked like serial.
+NONE = "none"            # a leaf: no children the tools look into
+SERIAL = "serial"        # children run in sequence; params/state/cache are tuples, one entry
+                         # per child; the key is split once per child (as `serial` splits it)
+PARALLEL = "parallel"    # child i runs on entry i of a tuple input; tuples as for SERIAL
+RESIDUAL = "residual"    # walked as SERIAL (its children are fanout(2), parallel(block,
+                         # shortcut), fanin_sum), shown as the block's layers and the shortcut
+EACH_STEP = "each_step"  # one child on (batch·time, ...): time folded into the batch; params
+                         # and state are the child's own; the same key
+KINDS = (NONE, SERIAL, PARALLEL, RESIDUAL, EACH_STEP)
 
 
 class Layer(NamedTuple):
     """A layer: pure `init`, `forward` and hand-derived `backward` functions.
 
-    `name` is the layer's kind ("dense", "conv2d", ...), used in error messages, parameter
-    paths and summaries. `output_shape` maps an input shape to the output shape (None means
-    "infer it by tracing `forward`"). `layers` holds the children of a container: run in
-    sequence for a serial (and `residual`, a renamed serial), side by side on the entries of
-    a tuple for a `parallel` (see `is_branching`). Shapes of tuple inputs are tuples of shapes.
+    `name` is the layer's display name ("dense", "conv2d", ...), used in error messages,
+    parameter paths and summaries. `output_shape` maps an input shape to the output shape
+    (None means "infer it by tracing `forward`"). `layers` holds the children of a
+    container and `combine` says how it combines them (one of `KINDS`: SERIAL, PARALLEL,
+    RESIDUAL, EACH_STEP; NONE for a leaf). Shapes of tuple inputs are tuples of shapes.
+
+    `check_input(params, x)`, when given, checks a concrete model input before training or
+    evaluation and raises a LayerError (e.g. an embedding's ids, which jit cannot check):
+    `fit` and `evaluate` call it, through `check_model_input`, on the layers that first see
+    the input.
+
+    `shared` lists the (use, owner, transpose) parameter paths of a model built by
+    `fn.share`: its params hold None at each use, filled from the owner by its forward.
+
+    Caches hold arrays only: a cache passes through jit, vmap and custom_vjp residuals,
+    where a Python int would become a tracer, so an integer a backward needs (a count, a
+    size) travels as the shape of an empty array. Old positional constructions
+    `Layer(init, forward, backward, name, output_shape)` keep working.
     """
 
     init: Callable
@@ -42,6 +71,9 @@ class Layer(NamedTuple):
     name: str = "layer"
     output_shape: Optional[Callable] = None
     layers: Tuple[Layer, ...] = ()
+    combine: str = NONE
+    check_input: Optional[Callable] = None
+    shared: Tuple[Tuple[str, str, bool], ...] = ()
 
     def apply(self, params, state, x, *, train: bool = False, key=None):
         """`forward` without the cache: returns (y, new_state)."""
@@ -106,8 +138,13 @@ def _label(i: int, layer: Layer) -> str:
 
 def is_branching(layer: Layer) -> bool:
     """True for a container whose children run side by side on the entries of a tuple
-    (`parallel`), False for one whose children run in sequence (`serial`, `residual`)."""
-    return layer.name == "parallel" and bool(layer.layers)
+    (PARALLEL), False for one whose children run in sequence (SERIAL, RESIDUAL)."""
+    return layer.combine == PARALLEL and bool(layer.layers)
+
+
+def is_sequence(layer: Layer) -> bool:
+    """True for a container whose children run in sequence (SERIAL or RESIDUAL)."""
+    return layer.combine in (SERIAL, RESIDUAL) and bool(layer.layers)
 
 
 def serial(*layers: Layer) -> Layer:
@@ -169,7 +206,7 @@ def serial(*layers: Layer) -> Layer:
                 raise e.inside(_label(i, layers[i])) from None
         return tuple(dparams), dy
 
-    return Layer(init, forward, backward, "serial", output_shape, layers)
+    return Layer(init, forward, backward, "serial", output_shape, layers, SERIAL)
 
 
 def _check_tuple(tree, n, what):
@@ -179,19 +216,41 @@ def _check_tuple(tree, n, what):
         raise LayerError(f"serial of {n} layers expects {what} as a tuple of {n} entries, got {got}")
 
 
+def child_trees(layer: Layer, tree) -> list:
+    """A container's params (or state, or cache) split per child: the tuple's entries, or
+    the whole tree for EACH_STEP (its one child owns it)."""
+    return [tree] if layer.combine == EACH_STEP else list(tree)
+
+
+def is_container(layer: Layer) -> bool:
+    return layer.combine != NONE and bool(layer.layers)
+
+
 def param_paths(model: Layer, params) -> list:
     """(path, leaf) pairs naming each parameter leaf, e.g. ("3:conv2d/w", array)."""
+    return [(path, leaf) for path, _, leaf in leaf_paths(model, params)]
+
+
+def leaf_paths(model: Layer, params, *, keep_none=False) -> list:
+    """(path, key path, leaf) per parameter leaf, in `jax.tree_util` leaf order: the path as
+    `param_paths` writes it, the key path as `tree_flatten_with_path` does. `keep_none`
+    lists None entries (a shared parameter's other uses, see `fn.share`) as leaves too."""
     out = []
+    is_leaf = (lambda v: v is None) if keep_none else None
 
-    def walk(layer, p, prefix):
-        if layer.layers:
-            for i, (child, cp) in enumerate(zip(layer.layers, p)):
-                walk(child, cp, f"{prefix}{i}:{child.name}/")
+    def walk(layer, p, prefix, kp):
+        if is_container(layer):
+            for i, (child, cp) in enumerate(zip(layer.layers, child_trees(layer, p))):
+                if layer.combine == EACH_STEP:
+                    walk(child, cp, prefix, kp)
+                else:
+                    walk(child, cp, f"{prefix}{i}:{child.name}/", kp + (jax.tree_util.SequenceKey(i),))
             return
-        for path, leaf in jax.tree_util.tree_flatten_with_path(p)[0]:
-            out.append((prefix + "/".join(_key_str(k) for k in path), leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(p, is_leaf=is_leaf)[0]:
+            out.append((prefix + "/".join(_key_str(k) for k in path), kp + tuple(path), leaf))
 
-    walk(model, params, "" if model.layers else f"{model.name}/")
+    root = model.combine in (SERIAL, PARALLEL, RESIDUAL) and model.layers
+    walk(model, params, "" if root else f"{model.name}/", ())
     return out
 
 
@@ -210,7 +269,7 @@ def summary(model: Layer, input_shape, dtype=None) -> str:
     rows = []
 
     def walk(layer, p, shape, prefix):
-        if layer.layers:
+        if is_sequence(layer) or is_branching(layer):  # EACH_STEP: one row, unfolded shapes
             outs = []
             for i, (child, cp) in enumerate(zip(layer.layers, p)):
                 label = f"{prefix}.{i}" if prefix else str(i)
@@ -236,3 +295,23 @@ def summary(model: Layer, input_shape, dtype=None) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(head), sep] + [line(r) for r in table[1:]] + [sep, line(foot)])
+
+
+def check_model_input(model: Layer, params, x, where: str):
+    """Run the `check_input` hook of every layer that sees the model's input `x` as it is
+    (the first child of a sequence, each branch of a parallel on its entry, recursively),
+    raising its LayerError as "{where}: {path}: {message}". Layers without a hook pass."""
+
+    def visit(layer, p, x, path):
+        if layer.check_input is not None:
+            try:
+                layer.check_input(p, x)
+            except LayerError as e:
+                raise LayerError(f"{where}: {' > '.join(path) or layer.name}: {e.message}") from None
+        if is_sequence(layer):
+            visit(layer.layers[0], p[0], x, path + (_label(0, layer.layers[0]),))
+        elif is_branching(layer) and isinstance(x, (tuple, list)):
+            for i, (child, cp, xi) in enumerate(zip(layer.layers, p, x)):
+                visit(child, cp, xi, path + (f"branch {i} ({child.name})",))
+
+    visit(model, params, x, ())

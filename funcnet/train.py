@@ -36,9 +36,8 @@ import optax
 from . import losses as losses_mod
 from . import _random, sharding
 from ._validate import as_int
-from .core import Layer
+from .core import Layer, check_model_input
 from .errors import FuncnetError, LayerError
-from .layers.embedding import check_indices
 
 __all__ = ["TrainState", "init_train_state", "make_step", "evaluate", "batch_order",
            "fit", "History", "NonFiniteLossError"]  # noqa: F822 - funcnet.fit's, see __getattr__
@@ -361,7 +360,7 @@ def _check_data(model, params, state, x, y, loss, where):
     out_shape = _output_shape(model, params, state, np.shape(x), where)
     task = _task(loss, y.dtype, len(out_shape))
     _check_targets(y, out_shape, task, where)
-    check_indices(model, params, x, where)  # ids into an embedding: XLA would clamp them
+    check_model_input(model, params, x, where)  # e.g. ids into an embedding: XLA would clamp them
     return task, out_shape
 
 

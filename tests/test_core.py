@@ -366,3 +366,54 @@ def test_serial_backward_names_the_layer_on_error():
     _, _, cache = model.forward(params, state, jnp.ones((1, 3)))
     with pytest.raises(fn.LayerError, match=r"^layer 1 \(serial\) > layer 1 \(custom\): custom: dy"):
         model.backward(params, cache, jnp.ones((1, 2)))
+
+
+# --- structure is data: walkers follow Layer.combine, never the display name --------------
+
+def test_layer_kinds_are_data_and_old_positional_layers_still_build():
+    from funcnet import core
+    assert fn.serial(fn.relu).combine == core.SERIAL and fn.relu.combine == core.NONE
+    assert fn.parallel(fn.relu).combine == core.PARALLEL
+    assert fn.residual(fn.relu).combine == core.RESIDUAL
+    assert fn.time_distributed(fn.relu).combine == core.EACH_STEP
+    old = fn.Layer(fn.relu.init, fn.relu.forward, fn.relu.backward, "my_relu", None)
+    assert old.combine == core.NONE and old.layers == () and old.check_input is None
+    y, _ = fn.serial(old).apply(({},), ({},), jnp.array([[-1.0, 2.0]]))
+    np.testing.assert_array_equal(y, [[0.0, 2.0]])
+
+
+def test_a_leaf_named_like_a_container_is_a_leaf_and_a_user_combinator_is_walked():
+    named_parallel = fn.dense(2)._replace(name="parallel")
+    model = fn.serial(named_parallel, fn.serial(fn.dense(3))._replace(name="block"))
+    params, _ = model.init(jax.random.PRNGKey(0), (1, 4))
+    assert [p for p, _ in param_paths(model, params)] == [
+        "0:parallel/b", "0:parallel/w", "1:block/0:dense/b", "1:block/0:dense/w"]
+    rows = [line.split()[:2] for line in fn.summary(model, (1, 4)).splitlines()[2:-2]]
+    assert rows == [["0", "parallel"], ["1.0", "dense"]]
+
+
+def test_each_step_params_are_the_wrapped_layers_own():
+    model = fn.serial(fn.time_distributed(fn.dense(2)), fn.time_distributed(fn.serial(fn.dense(2))))
+    params, _ = model.init(jax.random.PRNGKey(0), (1, 3, 4))
+    assert [p for p, _ in param_paths(model, params)] == [
+        "0:time_distributed/b", "0:time_distributed/w",
+        "1:time_distributed/0:dense/b", "1:time_distributed/0:dense/w"]
+
+
+def test_input_checks_run_through_the_check_input_hook_of_the_layers_that_see_the_input():
+    from funcnet.core import check_model_input
+    emb = fn.embedding(5, 2)
+    model = fn.serial(fn.serial(emb, fn.flatten), fn.dense(2))
+    params, _ = model.init(jax.random.PRNGKey(0), (1, 3))
+    check_model_input(model, params, np.array([[0, 4, 1]]), "fit")
+    with pytest.raises(fn.LayerError, match=r"^fit: layer 0 \(serial\) > layer 0 \(embedding\): "
+                                            r"input id 5 is outside \[0, 5\)"):
+        check_model_input(model, params, np.array([[0, 5, 1]]), "fit")
+    branches = fn.parallel(fn.dense(2), emb)
+    bparams, _ = branches.init(jax.random.PRNGKey(0), ((1, 2), (1, 3)))
+    with pytest.raises(fn.LayerError, match=r"^evaluate: branch 1 \(embedding\): input id -1"):
+        check_model_input(branches, bparams, (np.ones((1, 2)), np.array([[0, -1, 1]])), "evaluate")
+    # a user's layer named "embedding" has no hook: its input is its own business
+    impostor = fn.serial(fn.dense(2)._replace(name="embedding"))
+    iparams, _ = impostor.init(jax.random.PRNGKey(0), (1, 2))
+    check_model_input(impostor, iparams, np.array([[-7.5, 99.0]]), "fit")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _random
-from .._validate import as_int, check, float_dtype, nonempty_shape
+from .._validate import as_float, as_int, check, float_dtype, nonempty_shape
 from ..core import Layer
 from ..initializers import _resolve, gaussian, glorot_uniform, zeros
 
@@ -37,14 +37,19 @@ def _merge_heads(a):
     return a.transpose(0, 2, 1, 3).reshape(b, t, n * dh)
 
 
-def self_attention(num_heads: int, causal: bool = False, w_init=glorot_uniform) -> Layer:
-    """y = concat_h(softmax(q_h k_hᵀ / √d_h) v_h) W_o + b_o, with [q | k | v] = x W_qkv + b_qkv
-    (three consecutive dim-wide column blocks) and −∞ above the diagonal when `causal`.
+def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0,
+                   w_init=glorot_uniform) -> Layer:
+    """y = concat_h(drop(softmax(q_h k_hᵀ / √d_h)) v_h) W_o + b_o, with [q | k | v] = x W_qkv +
+    b_qkv (three consecutive dim-wide column blocks) and −∞ above the diagonal when `causal`.
+    `drop` is inverted dropout at rate `dropout` on the attention probabilities in training
+    (GPT-2's attn_dropout; a key is needed then), the identity in evaluation.
 
     Params {"w_qkv": (dim, 3·dim), "b_qkv": (3·dim,), "w_o": (dim, dim), "b_o": (dim,)};
     `num_heads` must divide dim (checked at init, when dim is known).
     """
     num_heads = as_int(num_heads, "num_heads", "self_attention")
+    rate = as_float(dropout, "dropout (the probability of dropping)", "self_attention", low=0.0,
+                    high=1.0, high_open=True)
     w_init = _resolve(w_init, "self_attention", "w_init")
     shape_check = _sequence_shape("self_attention")
 
@@ -73,14 +78,20 @@ def self_attention(num_heads: int, causal: bool = False, w_init=glorot_uniform) 
             t = x.shape[1]
             scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
         a = jax.nn.softmax(scores, axis=-1)
-        o = _merge_heads(a @ v)
-        cache = {"x": x, "q": q, "k": k, "v": v, "a": a, "o": o}
+        cache = {"x": x, "q": q, "k": k, "v": v, "a": a}
+        if train and rate > 0:
+            check(key is not None, "self_attention: dropout needs a PRNG key in training: pass "
+                  "key=... to apply/forward")
+            cache["mask"] = _random.bernoulli(key, 1.0 - rate, a.shape).astype(a.dtype) / (1.0 - rate)
+        o = _merge_heads((a * cache["mask"] if "mask" in cache else a) @ v)
+        cache["o"] = o
         return o @ params["w_o"] + params["b_o"], state, cache
 
     def backward(params, cache, dy):
-        """With o the concatenated heads, S = q kᵀ/√d_h and A = softmax(S) row by row:
+        """With o the concatenated heads, S = q kᵀ/√d_h, A = softmax(S) row by row and
+        Ã = A ⊙ M the probabilities after dropout (M = mask / (1 − rate); M = 1 in evaluation):
           dW_o = Σ oᵀ dy,  db_o = Σ dy,  do = dy W_oᵀ (split into heads)
-          dA = do vᵀ,  dv = Aᵀ do
+          dÃ = do vᵀ,  dv = Ãᵀ do,  dA = dÃ ⊙ M
           dS = A ⊙ (dA − rowsum(dA ⊙ A))    (the Jacobian diag(s) − s sᵀ of each row s,
                                              in row form; masked entries have A = 0)
           dq = dS k / √d_h,  dk = dSᵀ q / √d_h
@@ -88,9 +99,11 @@ def self_attention(num_heads: int, causal: bool = False, w_init=glorot_uniform) 
           dx = d[q|k|v] W_qkvᵀ."""
         x, q, k, v, a, o = (cache[n] for n in ("x", "q", "k", "v", "a", "o"))
         scale = 1.0 / math.sqrt(q.shape[-1])
+        mask = cache.get("mask")
         do = _split_heads(dy @ params["w_o"].T, num_heads)
         da = do @ jnp.swapaxes(v, -1, -2)
-        dv = jnp.swapaxes(a, -1, -2) @ do
+        dv = jnp.swapaxes(a if mask is None else a * mask, -1, -2) @ do
+        da = da if mask is None else da * mask
         ds = a * (da - jnp.sum(da * a, axis=-1, keepdims=True))
         dq, dk = ds @ k * scale, jnp.swapaxes(ds, -1, -2) @ q * scale
         dqkv = jnp.concatenate([_merge_heads(g) for g in (dq, dk, dv)], -1)

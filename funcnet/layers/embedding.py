@@ -3,14 +3,14 @@
     y[n, ..., :] = W[x[n, ...], :]      x integer ids in [0, vocab_size)
 
 Under jit the ids cannot be checked, and XLA clamps an id outside the table to the nearest
-row (0 or vocab_size − 1): `fit` and `evaluate` check them before training instead
-(`check_indices`), naming the offending value.
+row (0 or vocab_size − 1): the layer's `check_input` hook (`check_indices`) checks them, and
+`fit` and `evaluate` run it on the data before training, naming the offending value.
 """
 import numpy as np
 import jax.numpy as jnp
 
 from .._validate import as_int, check, float_dtype, int_token, token_int
-from ..core import Layer, LayerError, is_branching
+from ..core import Layer, LayerError
 from ..initializers import gaussian, _resolve
 
 __all__ = ["embedding", "check_indices"]
@@ -55,18 +55,14 @@ def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
         dx = jnp.zeros(ids.shape, cache["float_ids"].dtype) if "float_ids" in cache else None
         return {"w": dw}, dx
 
-    return Layer(init, forward, backward, "embedding", output_shape)
+    return Layer(init, forward, backward, "embedding", output_shape, check_input=check_indices)
 
 
-def check_indices(model: Layer, params, x, where: str):
-    """Raise a LayerError naming the first id outside [0, vocab_size) (or not a whole
-    number) when `model`'s input goes straight into an embedding (its first layer, also
-    inside nested serials). Other models pass unchecked."""
-    layer, path = model, []
-    while layer.layers and not is_branching(layer):
-        layer, params = layer.layers[0], params[0]
-        path.append(f"layer 0 ({layer.name})")
-    if layer.name != "embedding" or not (isinstance(params, dict) and "w" in params):
+def check_indices(params, x):
+    """The embedding's input check (its `check_input` hook, run by `fit` and `evaluate` on
+    the concrete data): a LayerError naming the first id outside [0, vocab_size) or not a
+    whole number."""
+    if not (isinstance(params, dict) and "w" in params):
         return
     vocab = int(np.shape(params["w"])[0])
     x = np.asarray(x)
@@ -74,6 +70,5 @@ def check_indices(model: Layer, params, x, where: str):
     if bad.any():
         value = x[bad].flat[0]
         value = int(value) if value == np.floor(value) else float(value)
-        label = path[-1] if path else "embedding"
-        raise LayerError(f"{where}: {label}: input id {value} is outside [0, {vocab}) (vocab_size "
-                         f"{vocab}); ids must be whole numbers in [0, {vocab - 1}]")
+        raise LayerError(f"input id {value} is outside [0, {vocab}) (vocab_size {vocab}); ids "
+                         f"must be whole numbers in [0, {vocab - 1}]")

@@ -111,3 +111,26 @@ def test_errors_name_the_layer():
         fn.positional_embedding(8).apply(params, state, jnp.zeros((1, 10, 4)))
     with pytest.raises(fn.LayerError, match=r"layer 1 \(self_attention\): .*num_heads=5"):
         fn.serial(fn.positional_embedding(8), fn.self_attention(5)).init(key, (1, 4, 6))
+
+
+def test_dropout_on_the_probabilities_three_ways_and_none_in_evaluation():
+    layer = fn.self_attention(2, causal=True, dropout=0.5)
+    key = jax.random.PRNGKey(7)
+    with jax.enable_x64(True):
+        params, state, x = _setup(layer, seed=3, shape=(2, 4, 4))
+        report = fn.check_gradients(fn.serial(layer), (params,), (state,), x, train=True, key=key)
+        y_eval, _ = layer.apply(params, state, x)
+        plain = fn.self_attention(2, causal=True)
+        np.testing.assert_array_equal(y_eval, plain.apply(params, state, x)[0])
+        y1, _ = layer.apply(params, state, x, train=True, key=key)
+        y2, _ = layer.apply(params, state, x, train=True, key=jax.random.PRNGKey(8))
+        _, _, cache = layer.forward(params, state, x, train=True, key=key)
+        with pytest.raises(fn.LayerError, match="dropout needs a PRNG key"):
+            layer.apply(params, state, x, train=True)
+    assert report.ok, report
+    assert not np.allclose(y1, y_eval) and not np.allclose(y1, y2)
+    mask = np.asarray(cache["mask"])
+    assert mask.shape == (2, 2, 4, 4) and set(np.unique(mask)) <= {0.0, 2.0}
+    with pytest.raises(fn.LayerError, match=r"self_attention: dropout \(the probability of "
+                                            r"dropping\) must be in \[0, 1\), got 1"):
+        fn.self_attention(2, dropout=1)
