@@ -13,23 +13,103 @@ Images are NHWC and kernels HWIO (kh, kw, c_in, c_out); every function also take
   with both edge modes ("ignore" the ragged edge, or "pad" it with zeros).
 - normalize_backward(dx_hat, x_hat, inv_std, axes): dx of x̂ = (x − μ)/σ through μ and σ,
   batch norm's and layer norm's shared step.
+- is_narrow, widen / narrow, total, matmul, einsum: how every backward keeps float32
+  accumulation under bfloat16 and float16 (below).
 Everything is vectorized jnp and jit-able; loops run over window cells, never pixels.
+
+Precision. Given bfloat16 or float16 arrays, a backward computes its sums (dW, db, dγ, dβ
+over batch and time, normalization statistics, softmax row sums, recurrent carries) in
+float32 and casts the result back to the input's dtype: one rounding at the end, where
+sums kept in 8 or 11 bits lose a digit every few terms. Products of two narrow operands
+(matmul, einsum, correlate) keep narrow operands and accumulate in float32
+(`preferred_element_type`), as tensor cores do; elementwise work and reductions run on
+widened copies. float32 and float64 arrays pass through untouched (no cast at all), so
+their numbers are exactly what they were.
 """
 from __future__ import annotations
 
 import math
 import operator
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import _cpu_conv, _validate
 from .errors import LayerError
 
 __all__ = ["correlate", "convolve", "rot180", "dilate", "pad_amounts", "out_size", "windows",
-           "scatter_windows", "downsample", "upsample", "normalize_backward"]
+           "scatter_windows", "downsample", "upsample", "normalize_backward", "is_narrow",
+           "widen", "narrow", "total", "matmul", "einsum"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def is_narrow(dtype) -> bool:
+    """True for floating dtypes narrower than float32 (bfloat16, float16): those whose
+    sums a backward accumulates in float32."""
+    dtype = jnp.dtype(dtype)
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and dtype.itemsize < 4
+
+
+def _widen1(a):
+    if a is None or not is_narrow(jnp.result_type(a)):
+        return a  # float32, float64, ints: the very same array, no cast
+    return jnp.asarray(a).astype(jnp.float32)
+
+
+def widen(*arrays):
+    """Each bfloat16 / float16 array as float32; anything else (float32, float64, ints,
+    None) as it is. One array in, one out; several in, a tuple out."""
+    out = tuple(_widen1(a) for a in arrays)
+    return out[0] if len(out) == 1 else out
+
+
+def narrow(tree, like):
+    """`tree` with each floating leaf cast back to `like` where that is bfloat16 / float16:
+    `like` a dtype, or a tree of arrays matching `tree` leaf by leaf (gradients cast back
+    to their parameters' dtypes). Where `like` is float32 or float64 nothing is cast, so a
+    wide computation keeps exactly the dtypes it always had; None leaves stay None."""
+    if isinstance(like, (str, type, np.dtype)):
+        return jax.tree_util.tree_map(lambda a: _cast(a, jnp.dtype(like)), tree)
+    return jax.tree_util.tree_map(lambda a, b: _cast(a, jnp.result_type(b)), tree, like)
+
+
+def _cast(a, dtype):
+    if a is None or not is_narrow(dtype) or not jnp.issubdtype(a.dtype, jnp.floating) \
+            or a.dtype == dtype:
+        return a
+    return a.astype(dtype)
+
+
+def total(a, axis=None):
+    """Σ a over `axis`, accumulated in float32 for bfloat16 / float16 a and returned in a's
+    dtype; exactly a.sum(axis) otherwise."""
+    return narrow(widen(a).sum(axis), a.dtype)
+
+
+def _accumulator(*operands):
+    """float32 when the operands' common dtype is narrow, else None (XLA's default)."""
+    return jnp.float32 if is_narrow(jnp.result_type(*operands)) else None
+
+
+def matmul(a, b):
+    """a @ b, accumulated in float32 when the operands are bfloat16 / float16 (the result
+    cast back to their dtype); exactly a @ b otherwise."""
+    acc = _accumulator(a, b)
+    if acc is None:
+        return a @ b
+    return jnp.matmul(a, b, preferred_element_type=acc).astype(jnp.result_type(a, b))
+
+
+def einsum(spec, a, b):
+    """jnp.einsum(spec, a, b), accumulated in float32 when the operands are bfloat16 /
+    float16 (the result cast back to their dtype); exactly jnp.einsum otherwise."""
+    acc = _accumulator(a, b)
+    if acc is None:
+        return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a, b, preferred_element_type=acc).astype(jnp.result_type(a, b))
 
 
 def _as_4d(x, w=None):
@@ -100,7 +180,8 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
     (s−1 zeros between entries, as `dilate`), `rhs_dilation` the kernel. `dims` names the
     axes of x, w and y (lax's dimension numbers), so the backward formulas can transpose
     their operands (swap a kernel's in/out channels, let the batch play the channels)
-    without copying them.
+    without copying them. bfloat16 / float16 operands are summed in float32 (XLA's
+    convolution; `_cpu_conv`'s CPU forms are XLA:CPU's, which widens them itself).
     """
     x4, w4, back = _as_4d(x, w)
     kh, kw = w4.shape[:2]
@@ -115,10 +196,13 @@ def correlate(x, w, mode="valid", *, stride=1, padding=None, rhs_dilation=1, lhs
     if not isinstance(padding, str):  # lax's own "SAME" / "VALID" pass through to XLA
         padding = tuple(_pair(p) for p in padding)
     w4 = w4.astype(x4.dtype)
+    acc = _accumulator(x4)  # float32 sums for bfloat16 / float16 operands
 
     def xla(x4, w4):
-        return lax.conv_general_dilated(x4, w4, stride, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dims)
+        y = lax.conv_general_dilated(x4, w4, stride, padding, lhs_dilation=lhs_dilation,
+                                     rhs_dilation=rhs_dilation, dimension_numbers=dims,
+                                     preferred_element_type=acc)
+        return y if acc is None else y.astype(x4.dtype)
 
     # On a CPU, the same sums arranged as XLA:CPU runs them faster; elsewhere xla (_cpu_conv)
     return back(_cpu_conv.per_platform(xla, x4, w4, stride, padding, lhs_dilation, rhs_dilation,
@@ -158,10 +242,12 @@ def scatter_windows(cells, window, stride, in_hw, pads=((0, 0), (0, 0))):
         out = jnp.pad(blocks.reshape(n, ho * ph, wo * pw, c),
                       ((0, 0), (0, hp - ho * ph), (0, wp - wo * pw), (0, 0)))
         return out[:, pads[0][0]:pads[0][0] + in_hw[0], pads[1][0]:pads[1][0] + in_hw[1], :]
-    out = jnp.zeros((n, hp, wp, c), cells.dtype)
+    wide = widen(cells)  # overlapping windows add up: in float32 for narrow cells
+    out = jnp.zeros((n, hp, wp, c), wide.dtype)
     for k in range(ph * pw):
         i, j = divmod(k, pw)
-        out = out.at[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :].add(cells[..., k])
+        out = out.at[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :].add(wide[..., k])
+    out = narrow(out, cells.dtype)
     return out[:, pads[0][0]:pads[0][0] + in_hw[0], pads[1][0]:pads[1][0] + in_hw[1], :]
 
 
@@ -210,8 +296,11 @@ def normalize_backward(dx_hat, x_hat, inv_std, axes):
         dx = (1/σ) (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))      (means over `axes`)
 
     the full formula through μ and σ² (Ioffe & Szegedy 2015, section 3): the middle term
-    is the path through μ, the last the path through σ² (∂σ²/∂x = 2(x − μ)/m)."""
+    is the path through μ, the last the path through σ² (∂σ²/∂x = 2(x − μ)/m).
+    bfloat16 / float16 arguments are computed in float32, dx returned in dx̂'s dtype."""
     def mean(a):
         return jnp.mean(a, axis=axes, keepdims=True)
 
-    return inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+    dtype = dx_hat.dtype
+    dx_hat, x_hat, inv_std = widen(dx_hat, x_hat, inv_std)
+    return narrow(inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat)), dtype)

@@ -1,7 +1,8 @@
 """ops: correlate / convolve in "valid" and "full" mode, rot180, dilate, downsample,
 upsample — on 2-D matrices (as in the notes) and on NHWC batches, against loops; the CPU
 arrangements of a convolution, kept to programs compiled for a CPU; the normalisation
-backward against autodiff."""
+backward against autodiff; float32 accumulation for bfloat16 / float16 operands (and no cast
+at all for float32 / float64)."""
 
 import re
 
@@ -369,3 +370,74 @@ def test_ops_errors_are_clear():
         ops.downsample(jnp.ones((4, 4)), 2, "max", "keep")
     with pytest.raises(fn.LayerError, match=r"2-D matrix or an NHWC batch, got shape \(2, 3, 3\)"):
         ops.correlate(jnp.ones((2, 3, 3)), jnp.ones((2, 2)))
+
+
+def test_widen_and_narrow_touch_only_narrow_floats():
+    f32, bf16 = jnp.ones((2, 3)), jnp.ones((2, 3), jnp.bfloat16)
+    ids = jnp.arange(3)
+    assert ops.widen(f32) is f32 and ops.widen(ids) is ids and ops.widen(None) is None
+    wide, same = ops.widen(bf16, f32)
+    assert wide.dtype == jnp.float32 and same is f32
+    assert ops.is_narrow(jnp.float16) and ops.is_narrow("bfloat16")
+    assert not ops.is_narrow(jnp.float32) and not ops.is_narrow(jnp.int8)
+    # back to narrow dtypes only: a float32 target (or float64) casts nothing
+    assert ops.narrow(f32, jnp.float64) is f32 and ops.narrow(f32, f32.dtype) is f32
+    tree = {"a": f32, "b": f32, "c": None}
+    out = ops.narrow(tree, {"a": bf16, "b": jnp.ones(3), "c": None})
+    assert out["a"].dtype == jnp.bfloat16 and out["b"] is f32 and out["c"] is None
+    assert ops.narrow(tree, jnp.float16)["a"].dtype == jnp.float16
+
+
+def one_rounding(got, truth, dtype):
+    """got (in dtype) is the float64 truth rounded once: within half an ulp of dtype at each
+    element's own size, plus float32 round-off of the sum."""
+    got, truth = np.asarray(got, np.float64), np.asarray(truth, np.float64)
+    half_ulp = float(jnp.finfo(dtype).eps) / 2
+    bound = half_ulp * np.abs(truth) + 1e-6 * np.max(np.abs(truth))
+    assert np.all(np.abs(got - truth) <= bound), np.max(np.abs(got - truth) / np.abs(truth))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_narrow_products_and_sums_accumulate_in_float32(dtype):
+    """matmul, einsum, total and correlate of bfloat16 / float16 operands: the result in
+    their dtype, summed in float32 (the exact sum rounded once, not once per term)."""
+    a, b = (jnp.asarray(normal(s, shape), dtype) for s, shape in ((1, (3, 64)), (2, (64, 5))))
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    for got, truth in ((ops.matmul(a, b), a64 @ b64),
+                       (ops.einsum("ik,kj->ij", a, b), a64 @ b64),
+                       (ops.total(a, 1), a64.sum(1))):
+        assert got.dtype == dtype
+        one_rounding(got, truth, dtype)
+    x, w = jnp.asarray(normal(3, (2, 6, 6, 8)), dtype), jnp.asarray(normal(4, (3, 3, 8, 4)), dtype)
+    y = ops.correlate(x, w)
+    assert y.dtype == dtype
+    with jax.enable_x64(True):
+        truth = ops.correlate(jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64))
+    one_rounding(y, truth, dtype)
+    # float32 operands: exactly XLA's own product
+    f, g = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(ops.matmul(f, g)), np.asarray(f @ g))
+    assert ops.total(f, 1).dtype == jnp.float32
+
+
+def test_overlapping_windows_add_up_in_float32():
+    cells = jnp.asarray(normal(9, (1, 3, 3, 2, 9)) + 3.0, jnp.bfloat16)
+    got = ops.scatter_windows(cells, (3, 3), (1, 1), (5, 5))
+    with jax.enable_x64(True):
+        truth = ops.scatter_windows(jnp.asarray(cells, jnp.float64), (3, 3), (1, 1), (5, 5))
+    assert got.dtype == jnp.bfloat16
+    one_rounding(got, truth, jnp.bfloat16)
+
+
+def test_normalize_backward_of_narrow_arrays_is_computed_in_float32():
+    x, dx_hat = normal(7, (8, 16)), normal(8, (8, 16))
+    x_hat = (x - x.mean(0)) / x.std(0)
+    inv_std = 1 / x.std(0)
+    args = [jnp.asarray(a, jnp.bfloat16) for a in (dx_hat, x_hat, inv_std)]
+    got = ops.normalize_backward(*args, 0)
+    assert got.dtype == jnp.bfloat16
+    with jax.enable_x64(True):
+        truth = ops.normalize_backward(*(jnp.asarray(a, jnp.float64) for a in args), 0)
+    # one rounding of the result, at the scale of the largest entry
+    err = np.max(np.abs(np.asarray(got, np.float64) - np.asarray(truth)))
+    assert err <= 2.0 ** -8 * float(np.max(np.abs(np.asarray(truth)))) * 1.01
