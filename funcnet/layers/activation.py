@@ -4,6 +4,10 @@ Options-free activations are Layer values (`relu`, `gelu`, ...); those with an o
 functions (`elu(alpha)`, `leaky_relu(negative_slope)`). Each element-wise activation is a
 pair written side by side: `f(x) -> (y, cache)` and `f'(cache)`, the derivative, whose
 docstring gives the formula; the layer's backward is dx = dy · f'(x).
+
+bfloat16 / float16 backwards (and the softmax pair's forwards) compute in float32 and
+round once, to the input's dtype (ops.widen / ops.narrow); float32 and float64 are
+computed as they are.
 """
 import math
 
@@ -12,6 +16,7 @@ import jax.numpy as jnp
 
 from .._validate import as_float
 from ..core import Layer
+from ..ops import narrow, widen
 
 __all__ = ["relu", "sigmoid", "tanh", "sign", "identity", "gelu", "gelu_tanh", "softplus",
            "elu", "leaky_relu", "softmax", "log_softmax"]
@@ -34,7 +39,9 @@ def _elementwise(name, f, derivative):
         return y, state, cache
 
     def backward(params, cache, dy):
-        return {}, dy * derivative(cache)
+        out = jnp.result_type(dy, *cache.values())
+        wide = {k: widen(v) for k, v in cache.items()}
+        return {}, narrow(widen(dy) * derivative(wide), out)
 
     backward.__doc__ = f"{f.__doc__}\n{derivative.__doc__}"
     return Layer(_no_params, forward, backward, name, _same_shape)
@@ -179,28 +186,31 @@ def leaky_relu(negative_slope=0.01) -> Layer:
 
 
 def _softmax_forward(params, state, x, *, train=False, key=None):
-    y = jax.nn.softmax(x, axis=-1)
+    y = narrow(jax.nn.softmax(widen(x), axis=-1), x.dtype)
     return y, state, {"y": y}
 
 
 def _softmax_backward(params, cache, dy):
     """s = softmax(z) over the last axis. Its Jacobian is diag(s) − s sᵀ (not s − s²,
     which is only the diagonal), so  dz = s ⊙ (dy − ⟨dy, s⟩)."""
-    s = cache["y"]
-    return {}, s * (dy - jnp.sum(dy * s, axis=-1, keepdims=True))
+    out = jnp.result_type(dy, cache["y"])
+    s, dy = widen(cache["y"], dy)
+    return {}, narrow(s * (dy - jnp.sum(dy * s, axis=-1, keepdims=True)), out)
 
 
 softmax = Layer(_no_params, _softmax_forward, _softmax_backward, "softmax", _same_shape)
 
 
 def _log_softmax_forward(params, state, x, *, train=False, key=None):
-    y = jax.nn.log_softmax(x, axis=-1)
-    return y, state, {"s": jnp.exp(y)}
+    y = jax.nn.log_softmax(widen(x), axis=-1)
+    return narrow(y, x.dtype), state, {"s": narrow(jnp.exp(y), x.dtype)}
 
 
 def _log_softmax_backward(params, cache, dy):
     """y = z − logΣ exp z; its Jacobian is I − 1 sᵀ, so  dz = dy − s · Σ dy."""
-    return {}, dy - cache["s"] * jnp.sum(dy, axis=-1, keepdims=True)
+    out = jnp.result_type(dy, cache["s"])
+    s, dy = widen(cache["s"], dy)
+    return {}, narrow(dy - s * jnp.sum(dy, axis=-1, keepdims=True), out)
 
 
 log_softmax = Layer(_no_params, _log_softmax_forward, _log_softmax_backward, "log_softmax",

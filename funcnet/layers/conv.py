@@ -10,7 +10,7 @@ from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape, padding_spec, positive_pair
 from ..core import Layer
 from ..initializers import _resolve, lecun_normal, zeros
-from ..ops import correlate, out_size, pad_amounts, rot180
+from ..ops import correlate, out_size, pad_amounts, rot180, total
 
 __all__ = ["conv2d"]
 
@@ -74,7 +74,8 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=lec
                                     convolution of δ with the kernel), padding cropped off
           dW = xp ⋆valid δ         (the padded input correlated with δ, summed over batch)
           db = Σ_{n,h,w} δ
-        Rows/columns that no window reached (ragged edge) get zero gradient."""
+        Rows/columns that no window reached (ragged edge) get zero gradient. bfloat16 /
+        float16 sums accumulate in float32 (ops.correlate, ops.total)."""
         x, w = cache["x"], params["w"]
         (pt, pb), (pl, pr) = pads = pads_for(x.shape)
         h, wd = x.shape[1:3]
@@ -90,6 +91,6 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=lec
         # Contract over the batch: the batch plays the channel, the channels the batch.
         dw = correlate(x, dy, padding=pads, rhs_dilation=strides,
                        dims=("CHWN", "IHWO", "HWNC"))[:kh, :kw]
-        return {"w": dw, "b": dy.sum((0, 1, 2))}, dx
+        return {"w": dw, "b": total(dy, (0, 1, 2))}, dx
 
     return Layer(init, forward, backward, "conv2d", output_shape)

@@ -14,7 +14,7 @@ bottom, and pads zeros at the bottom when k < s).
 from .._validate import as_int, check, positive_pair
 from ..core import Layer
 from ..initializers import _resolve, lecun_normal, zeros
-from ..ops import correlate, pad_amounts, rot180
+from ..ops import correlate, pad_amounts, rot180, total
 from .conv import kernel_params
 
 __all__ = ["conv_transpose2d"]
@@ -76,11 +76,12 @@ def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding="VALID",
                in/out channels swapped)
           dW[i, j, c, o] = Σ_{n,h,w} x[n, h, w, c] · δ[n, h·s+i, w·s+j, o]
                (δ correlated with x dilated by s, the batch contracted)
-          db = Σ_{n,h,w} dy."""
+          db = Σ_{n,h,w} dy.
+        bfloat16 / float16 sums accumulate in float32 (ops.correlate, ops.total)."""
         x, w = cache["x"], params["w"]
         dx = correlate(dy, w, stride=strides, padding=crops, dims=("NHWC", "HWOI", "NHWC"))
         # Contract over the batch: the batch plays the channel, dy's channels the batch.
         dw = correlate(dy, x, padding=crops, rhs_dilation=strides, dims=("CHWN", "IHWO", "HWNC"))
-        return {"w": dw.transpose(0, 1, 3, 2), "b": dy.sum((0, 1, 2))}, dx
+        return {"w": dw.transpose(0, 1, 3, 2), "b": total(dy, (0, 1, 2))}, dx
 
     return Layer(init, forward, backward, "conv_transpose2d", output_shape)

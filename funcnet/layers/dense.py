@@ -4,6 +4,7 @@ from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape
 from ..core import Layer
 from ..initializers import _resolve, lecun_normal, zeros
+from ..ops import matmul, total
 
 __all__ = ["dense"]
 
@@ -40,8 +41,9 @@ def dense(out: int, w_init=lecun_normal, b_init=zeros) -> Layer:
     def backward(params, cache, dy):
         """Row form of the notes' δ rule, for z = x W + b:
         dW = xᵀ δ,  db = Σ_batch δ,  dx = δ Wᵀ
-        (the notes' column form dW = δ aᵀ is the transpose of this)."""
+        (the notes' column form dW = δ aᵀ is the transpose of this). bfloat16 / float16
+        sums accumulate in float32 (ops.matmul, ops.total)."""
         x = cache["x"]
-        return {"w": x.T @ dy, "b": dy.sum(0)}, dy @ params["w"].T
+        return {"w": matmul(x.T, dy), "b": total(dy, 0)}, matmul(dy, params["w"].T)
 
     return Layer(init, forward, backward, "dense", output_shape)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from .._validate import as_int, check, float_dtype, int_token, token_int
 from ..core import Layer, LayerError
 from ..initializers import gaussian, _resolve
+from ..ops import narrow, widen
 
 __all__ = ["embedding", "check_indices"]
 
@@ -48,10 +49,13 @@ def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
         were used (a row used twice gets both contributions; unused rows get 0).
         The ids are piecewise constant: there is no gradient to the input. dx is None for
         integer ids and zeros for float ids (so fn.check_gradients can be given float ids,
-        which its finite differences leave on the same row, as rounding does)."""
+        which its finite differences leave on the same row, as rounding does).
+        A bfloat16 / float16 dy is added up in float32, dW cast back to dy's dtype."""
         ids, rows = cache["ids"], token_int(cache["rows"])
-        dw = jnp.zeros((rows, dy.shape[-1]), dy.dtype).at[ids.reshape(-1)].add(
-            dy.reshape(-1, dy.shape[-1]))
+        wide = widen(dy)
+        dw = jnp.zeros((rows, dy.shape[-1]), wide.dtype).at[ids.reshape(-1)].add(
+            wide.reshape(-1, dy.shape[-1]))
+        dw = narrow(dw, dy.dtype)
         dx = jnp.zeros(ids.shape, cache["float_ids"].dtype) if "float_ids" in cache else None
         return {"w": dw}, dx
 

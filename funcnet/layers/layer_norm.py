@@ -3,7 +3,7 @@ import jax.numpy as jnp
 
 from .._validate import as_float, check, float_dtype
 from ..core import Layer
-from ..ops import normalize_backward
+from ..ops import narrow, normalize_backward, widen
 
 __all__ = ["layer_norm"]
 
@@ -13,6 +13,9 @@ def layer_norm(eps=1e-5) -> Layer:
 
     x̂ = (x − μ) / √(σ² + ε) with μ, σ² the mean and biased variance over the last axis (of
     each example and position), y = γ x̂ + β. The same in training and evaluation.
+    The statistics are two-pass (the mean, then the mean square about it: E[x²] − E[x]²
+    cancels catastrophically when |μ| ≫ σ), in float32 for bfloat16 / float16 input; the
+    cache keeps x with μ and 1/σ (float32 then), and the backward recomputes x̂ from them.
     """
     eps = as_float(eps, "eps", "layer_norm", low=0.0, low_open=True)
 
@@ -29,19 +32,26 @@ def layer_norm(eps=1e-5) -> Layer:
         output_shape(tuple(x.shape))
         f = params["gamma"].shape[0]
         check(x.shape[-1] == f, f"layer_norm has {f} features, got input of shape {tuple(x.shape)}")
-        mean = x.mean(-1, keepdims=True)
-        inv_std = 1.0 / jnp.sqrt(x.var(-1, keepdims=True) + eps)
-        x_hat = (x - mean) * inv_std
-        return params["gamma"] * x_hat + params["beta"], state, {"x_hat": x_hat, "inv_std": inv_std}
+        out = jnp.result_type(x, params["gamma"], params["beta"])
+        wide = widen(x)
+        mean = wide.mean(-1, keepdims=True)
+        inv_std = 1.0 / jnp.sqrt(wide.var(-1, keepdims=True) + eps)  # jnp.var: two-pass
+        x_hat = (wide - mean) * inv_std
+        y = params["gamma"] * x_hat + params["beta"]
+        return narrow(y, out), state, {"x": x, "mean": mean, "inv_std": inv_std}
 
     def backward(params, cache, dy):
         """dβ = Σ δ,  dγ = Σ δ ⊙ x̂  (over every axis but the last), and with dx̂ = δ ⊙ γ and
         the means over the D features of each row (the full formula through μ and σ²,
         ops.normalize_backward):
-          dx = (1/√(σ² + ε)) (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))."""
-        x_hat, inv_std = cache["x_hat"], cache["inv_std"]
+          dx = (1/√(σ² + ε)) (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)).
+        bfloat16 / float16 arrays are computed in float32 and cast back."""
+        out = jnp.result_type(dy, params["gamma"])
+        inv_std, gamma, wide = cache["inv_std"], widen(params["gamma"]), widen(dy)
+        x_hat = (widen(cache["x"]) - cache["mean"]) * inv_std  # the forward's x̂, recomputed
         axes = tuple(range(dy.ndim - 1))
-        dparams = {"gamma": jnp.sum(dy * x_hat, axes), "beta": jnp.sum(dy, axes)}
-        return dparams, normalize_backward(dy * params["gamma"], x_hat, inv_std, -1)
+        dparams = {"gamma": jnp.sum(wide * x_hat, axes), "beta": jnp.sum(wide, axes)}
+        dx = normalize_backward(wide * gamma, x_hat, inv_std, -1)
+        return narrow(dparams, params), narrow(dx, out)
 
     return Layer(init, forward, backward, "layer_norm", output_shape)

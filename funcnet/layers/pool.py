@@ -6,6 +6,8 @@ padding are all handled by the same two helpers. The stride defaults to the wind
 (non-overlapping, as in the notes, cs231n and PyTorch). Padding "VALID" ignores the
 ragged edge; "SAME" pads it and keeps it (the notes' two edge modes). Max pooling pads
 with −∞ (a pad never wins); mean pooling pads with 0 and always divides by the window area.
+Sums over cells (and overlapping windows' contributions, in ops.scatter_windows) of
+bfloat16 / float16 arrays accumulate in float32.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ from .._validate import (as_float, check, float_dtype, ints_token, nonempty_shap
                          positive_pair, token_ints)
 from ..core import Layer
 from ..initializers import _resolve
-from ..ops import out_size, pad_amounts, scatter_windows, windows
+from ..ops import matmul, narrow, out_size, pad_amounts, scatter_windows, widen, windows
 
 __all__ = ["max_pool", "avg_pool", "gaussian_pool", "learned_pool", "gaussian_kernel"]
 
@@ -129,7 +131,7 @@ def gaussian_pool(window, sigma=1.0, stride=None, padding="VALID") -> Layer:
     g = gaussian_kernel(win, sigma).reshape(-1)
 
     def cells_forward(params, cells):
-        return cells @ g.astype(cells.dtype), {}
+        return matmul(cells, g.astype(cells.dtype)), {}
 
     def cells_backward(params, cache, dy):
         """Each cell (i, j) of a window receives δ · g[i, j]."""
@@ -151,13 +153,15 @@ def learned_pool(window, stride=None, padding="VALID", w_init=None) -> Layer:
 
     def cells_forward(params, cells):
         w = params["w"].reshape(area, -1).T  # (C, ph·pw)
-        return jnp.sum(cells * w, axis=-1), {"cells": cells}
+        y = jnp.sum(widen(cells) * widen(w), axis=-1)
+        return narrow(y, jnp.result_type(cells, w)), {"cells": cells}
 
     def cells_backward(params, cache, dy):
         """dw[i, j, c] = Σ_{n,h,w} δ · x_cell(i, j);  each cell receives δ · w[i, j, c]."""
         w = params["w"].reshape(area, -1).T
-        dw = jnp.sum(cache["cells"] * dy[..., None], axis=(0, 1, 2))  # (C, ph·pw)
-        return {"w": dw.T.reshape(params["w"].shape)}, dy[..., None] * w
+        dw = jnp.sum(widen(cache["cells"]) * widen(dy)[..., None], axis=(0, 1, 2))  # (C, ph·pw)
+        dw = narrow(dw.T.reshape(params["w"].shape), jnp.result_type(cache["cells"], dy))
+        return {"w": dw}, dy[..., None] * w
 
     return _pool("learned_pool", window, stride, padding, cells_forward, cells_backward,
                  init_params)

@@ -5,6 +5,10 @@ length); backward is backpropagation through time written out by hand, a reverse
 `lax.scan` whose carry is the gradient flowing from step t+1 back into step t. The input
 projection x_t W_x + b of every step is one matmul before the scan, and the parameter
 gradients are one matmul each after it: only the recurrence itself is sequential.
+
+With bfloat16 / float16 arrays the reverse scan runs in float32 (its carry, the gradient
+flowing back through time, would otherwise be rounded at every step) and the parameter
+gradients accumulate their sums over batch and time in float32 (ops.einsum, ops.total).
 """
 import jax
 import jax.numpy as jnp
@@ -14,6 +18,7 @@ from .. import _random
 from .._validate import as_int, check, float_dtype, nonempty_shape
 from ..core import Layer
 from ..initializers import _resolve, lecun_normal, zeros
+from ..ops import einsum, matmul, narrow, total, widen
 
 __all__ = ["rnn", "lstm"]
 
@@ -46,7 +51,7 @@ def _input_projection(name, params, x, output_shape):
     d = params["w_x"].shape[0]
     check(x.shape[2] == d, f"{name}: expects {d} input features (w_x is "
           f"{tuple(params['w_x'].shape)}), got input of shape {tuple(x.shape)}")
-    return jnp.swapaxes(x @ params["w_x"] + params["b"], 0, 1)
+    return jnp.swapaxes(matmul(x, params["w_x"]) + params["b"], 0, 1)
 
 
 def _output_grad(dy, cache, return_sequences):
@@ -61,13 +66,15 @@ def _output_grad(dy, cache, return_sequences):
 def _param_grads(params, cache, da):
     """With da_t = ∂L/∂a_t for a_t = x_t W_x + h_{t−1} W_h + b (time-major):
     dW_x = Σ_t x_tᵀ da_t,  dW_h = Σ_t h_{t−1}ᵀ da_t,  db = Σ_t Σ_batch da_t,
-    dx_t = da_t W_xᵀ."""
+    dx_t = da_t W_xᵀ. A float32 da from a narrow scan is cast back to the cache's dtype
+    first: the products take narrow operands and accumulate in float32."""
     x, hs = cache["x"], cache["hs"]
+    da = narrow(da, hs.dtype)
     h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], 0)
-    dparams = {"w_x": jnp.einsum("btd,tbk->dk", x, da),
-               "w_h": jnp.einsum("tbh,tbk->hk", h_prev, da),
-               "b": da.sum((0, 1))}
-    return dparams, jnp.einsum("tbk,dk->btd", da, params["w_x"])
+    dparams = {"w_x": einsum("btd,tbk->dk", x, da),
+               "w_h": einsum("tbh,tbk->hk", h_prev, da),
+               "b": total(da, (0, 1))}
+    return dparams, einsum("tbk,dk->btd", da, params["w_x"])
 
 
 def rnn(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Layer:
@@ -84,7 +91,7 @@ def rnn(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Laye
         xw = _input_projection("rnn", params, x, output_shape)
 
         def step(h, xw_t):
-            h = jnp.tanh(xw_t + h @ params["w_h"])
+            h = jnp.tanh(xw_t + matmul(h, params["w_h"]))
             return h, h
 
         _, hs = lax.scan(step, jnp.zeros(xw.shape[1:], xw.dtype), xw)
@@ -96,15 +103,16 @@ def rnn(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Laye
           ∂L/∂h_t = dy_t + da_{t+1} W_hᵀ     (output gradient + gradient from step t+1)
           da_t    = ∂L/∂h_t ⊙ (1 − h_t²)     (tanh' = 1 − tanh²)
         then dW_x = Σ_t x_tᵀ da_t, dW_h = Σ_t h_{t−1}ᵀ da_t, db = Σ da_t, dx_t = da_t W_xᵀ."""
-        hs = cache["hs"]
+        hs, w_h = widen(cache["hs"], params["w_h"])  # the scan in float32 if narrow
 
         def step(dh_next, inputs):
             dy_t, h_t = inputs
             da = (dy_t + dh_next) * (1 - h_t ** 2)
-            return da @ params["w_h"].T, da
+            return da @ w_h.T, da
 
         dh0 = jnp.zeros(hs.shape[1:], hs.dtype)
-        _, da = lax.scan(step, dh0, (_output_grad(dy, cache, return_sequences), hs), reverse=True)
+        dys = widen(_output_grad(dy, cache, return_sequences))
+        _, da = lax.scan(step, dh0, (dys, hs), reverse=True)
         return _param_grads(params, cache, da)
 
     init = _recurrent_init("rnn", hidden, hidden, output_shape, w_init)
@@ -129,7 +137,7 @@ def lstm(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Lay
 
         def step(carry, xw_t):
             h, c = carry
-            a = xw_t + h @ params["w_h"]
+            a = xw_t + matmul(h, params["w_h"])
             ifo, g = jax.nn.sigmoid(a[:, :3 * H]), jnp.tanh(a[:, 3 * H:])
             c = ifo[:, H:2 * H] * c + ifo[:, :H] * g
             h = ifo[:, 2 * H:] * jnp.tanh(c)
@@ -149,7 +157,7 @@ def lstm(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Lay
           da_t = [δi ⊙ i(1−i), δf ⊙ f(1−f), δo ⊙ o(1−o), δg ⊙ (1 − g²)]   (σ' = σ(1−σ))
           ∂L/∂c_{t−1} = ∂L/∂c_t ⊙ f
         then dW_x, dW_h, db and dx from da_t as for `rnn`."""
-        cs, gates = cache["cs"], cache["gates"]
+        cs, gates, w_h = widen(cache["cs"], cache["gates"], params["w_h"])  # float32 if narrow
         c_prev = jnp.concatenate([jnp.zeros_like(cs[:1]), cs[:-1]], 0)
         i, f, o, g = (gates[..., k * H:(k + 1) * H] for k in range(4))
         tc = jnp.tanh(cs)
@@ -158,7 +166,7 @@ def lstm(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Lay
         coef = jnp.concatenate([g * i * (1 - i), c_prev * f * (1 - f), tc * o * (1 - o),
                                 i * (1 - g ** 2)], -1)
         h_to_c = o * (1 - tc ** 2)
-        w_h_t = params["w_h"].T
+        w_h_t = w_h.T
 
         def step(carry, inputs):
             dh_next, dc_next = carry
@@ -169,7 +177,7 @@ def lstm(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Lay
             return (da @ w_h_t, dc * f_t), da
 
         zero = jnp.zeros(cs.shape[1:], cs.dtype)
-        inputs = (_output_grad(dy, cache, return_sequences), h_to_c, f, coef)
+        inputs = (widen(_output_grad(dy, cache, return_sequences)), h_to_c, f, coef)
         _, da = lax.scan(step, (zero, zero), inputs, reverse=True)
         return _param_grads(params, cache, da)
 

@@ -61,3 +61,20 @@ def test_feature_mismatch_names_the_layer():
     params, state = fn.layer_norm().init(jax.random.PRNGKey(0), (2, 4))
     with pytest.raises(fn.LayerError, match="layer_norm has 4 features"):
         fn.layer_norm().apply(params, state, jnp.zeros((2, 5)))
+
+
+def test_statistics_are_two_pass_and_float32_under_bfloat16():
+    """x = 10⁴ + N(0, 1): E[x²] − E[x]² would lose every digit of the variance in float32;
+    the two-pass statistics keep it, and a bfloat16 input's are taken in float32 (the
+    cache holds x, with μ and 1/σ in float32), its y and gradients in bfloat16."""
+    layer = fn.layer_norm()
+    x = 1e4 + jnp.asarray(normal(4, (3, 64)), jnp.float32)
+    params, state = layer.init(jax.random.PRNGKey(0), (3, 64))
+    y = layer.apply(params, state, x)[0]
+    np.testing.assert_allclose(np.asarray(y.var(-1)), 1.0, rtol=1e-3)
+    low = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), (params, x))
+    y, _, cache = layer.forward(low[0], state, low[1])
+    assert y.dtype == cache["x"].dtype == jnp.bfloat16
+    assert cache["mean"].dtype == cache["inv_std"].dtype == jnp.float32
+    dparams, dx = layer.backward(low[0], cache, jnp.ones_like(y))
+    assert dx.dtype == dparams["gamma"].dtype == dparams["beta"].dtype == jnp.bfloat16

@@ -140,3 +140,22 @@ def test_batch_norm(case, seed):
     statistics as constants), for dense (N, F) and NHWC conv features."""
     train, shape, momentum, eps = case
     three_way(("batch_norm", momentum, eps), shape, seed, train=train, state_fn=running_stats)
+
+
+def test_statistics_are_two_pass_and_float32_under_bfloat16():
+    """x = 10⁴ + N(0, 1): E[x²] − E[x]² would lose every digit of the variance in float32;
+    the two-pass statistics keep it, and a bfloat16 input's are taken in float32 (the
+    cache holds x, with μ and 1/σ in float32), its y, state and gradients in bfloat16."""
+    layer = fn.batch_norm(momentum=0.0)
+    x = 1e4 + jnp.asarray(normal(3, (64, 2)), jnp.float32)
+    params, state = layer.init(jax.random.PRNGKey(0), (64, 2))
+    y, new_state = layer.apply(params, state, x, train=True)
+    np.testing.assert_allclose(np.asarray(new_state["var"]), np.asarray(x, np.float64).var(0),
+                               rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(y.var(0)), 1.0, rtol=1e-3)
+    low = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), (params, state, x))
+    y, new_state, cache = layer.forward(*low, train=True)
+    assert y.dtype == new_state["var"].dtype == cache["x"].dtype == jnp.bfloat16
+    assert cache["mean"].dtype == cache["inv_std"].dtype == jnp.float32
+    dparams, dx = layer.backward(low[0], cache, jnp.ones_like(y))
+    assert dx.dtype == dparams["gamma"].dtype == jnp.bfloat16
