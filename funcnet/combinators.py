@@ -20,6 +20,7 @@ from . import _random
 from ._validate import as_int, check, int_token, token_int
 from .core import (EACH_STEP, PARALLEL, RESIDUAL, Layer, LayerError, infer_output_shape, is_shape,
                    serial)
+from .ops import narrow, widen
 
 __all__ = ["fanout", "parallel", "fanin_sum", "fanin_concat", "residual", "time_distributed"]
 
@@ -50,11 +51,12 @@ def fanout(n: int) -> Layer:
         return (x,) * n, state, {}
 
     def backward(params, cache, dy):
-        """dx = dy_1 + ... + dy_n: the multivariate chain rule for a value used n times."""
-        dx = dy[0]
+        """dx = dy_1 + ... + dy_n: the multivariate chain rule for a value used n times
+        (bfloat16 / float16 gradients are added up in float32, then cast back)."""
+        dx = jax.tree_util.tree_map(widen, dy[0])
         for d in dy[1:]:
-            dx = _add(dx, d)
-        return {}, dx
+            dx = _add(dx, jax.tree_util.tree_map(widen, d))
+        return {}, narrow(dx, dy[0])
 
     return Layer(_no_params, forward, backward, "fanout", lambda shape: (shape,) * n)
 

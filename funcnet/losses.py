@@ -2,6 +2,10 @@
 
 Every loss returns a scalar. Cross-entropies average over the examples; mse, mae and rmse
 average over all elements (as torch.nn.functional.mse_loss does).
+
+bfloat16 / float16 predictions are computed in float32 (the softmax, its row sums, the
+means) and the loss and gradient cast back to the predictions' dtype, one rounding each;
+float32 and float64 are computed as they are.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 from ._validate import dtype_of
 from .core import FuncnetError
+from .ops import narrow, widen
 
 __all__ = ["softmax_cross_entropy", "binary_cross_entropy", "mse", "mae", "rmse", "l2", "accuracy",
            "check_labels"]
@@ -68,8 +73,9 @@ def _softmax_ce_grad(logits, labels):
     """∂L/∂z = (softmax(z) − onehot(y)) / N, N the number of positions (examples, or
     examples × time steps for sequence logits)."""
     n = math.prod(logits.shape[:-1])
-    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    return (jax.nn.softmax(logits, axis=-1) - onehot) / n
+    wide = widen(logits)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=wide.dtype)
+    return narrow((jax.nn.softmax(wide, axis=-1) - onehot) / n, logits.dtype)
 
 
 @_with_grad(_softmax_ce_grad, "classification")
@@ -77,8 +83,9 @@ def softmax_cross_entropy(logits, labels):
     """L = −(1/N) Σ_n log softmax(z_n)[y_n], with integer labels y, over every position n
     (logits (..., classes), labels (...))."""
     check_labels(jnp.shape(logits), labels)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[..., None], axis=-1))
+    logp = jax.nn.log_softmax(widen(logits), axis=-1)
+    loss = -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[..., None], axis=-1))
+    return narrow(loss, jnp.result_type(logits))
 
 
 def _check_same_shape(pred, target, where):
@@ -89,7 +96,9 @@ def _check_same_shape(pred, target, where):
 
 def _bce_grad(logits, labels):
     """∂L/∂z = (σ(z) − y) / N, with N the number of examples (the leading axis)."""
-    return (jax.nn.sigmoid(logits) - labels) / logits.shape[0]
+    out = jnp.result_type(logits, labels)
+    logits, labels = widen(logits, labels)
+    return narrow((jax.nn.sigmoid(logits) - labels) / logits.shape[0], out)
 
 
 @_with_grad(_bce_grad, "binary")
@@ -97,45 +106,59 @@ def binary_cross_entropy(logits, labels):
     """L = (1/N) Σ_n Σ [softplus(z) − y z], the cross-entropy of σ(z) against y ∈ [0, 1],
     written to stay finite for |z| in the thousands (log σ(z) = −softplus(−z))."""
     _check_same_shape(logits, labels, "binary_cross_entropy")
+    out = jnp.result_type(logits, labels)
+    logits, labels = widen(logits, labels)
     per = jnp.logaddexp(0.0, logits) - labels * logits
-    return jnp.sum(per) / logits.shape[0]
+    return narrow(jnp.sum(per) / logits.shape[0], out)
 
 
 def _mse_grad(pred, target):
     """∂L/∂ŷ = 2 (ŷ − y) / n over the n elements."""
-    return 2.0 * (pred - target) / pred.size
+    out = jnp.result_type(pred, target)
+    pred, target = widen(pred, target)
+    return narrow(2.0 * (pred - target) / pred.size, out)
 
 
 @_with_grad(_mse_grad, "regression")
 def mse(pred, target):
     """Mean squared error (1/n) Σ (ŷ − y)² over all n elements."""
     _check_same_shape(pred, target, "mse")
-    return jnp.mean((pred - target) ** 2)
+    out = jnp.result_type(pred, target)
+    pred, target = widen(pred, target)
+    return narrow(jnp.mean((pred - target) ** 2), out)
 
 
 def _mae_grad(pred, target):
     """∂L/∂ŷ = sign(ŷ − y) / n (the subgradient 0 at ŷ = y)."""
-    return jnp.sign(pred - target) / pred.size
+    out = jnp.result_type(pred, target)
+    pred, target = widen(pred, target)
+    return narrow(jnp.sign(pred - target) / pred.size, out)
 
 
 @_with_grad(_mae_grad, "regression")
 def mae(pred, target):
     """Mean absolute error (1/n) Σ |ŷ − y|."""
     _check_same_shape(pred, target, "mae")
-    return jnp.mean(jnp.abs(pred - target))
+    out = jnp.result_type(pred, target)
+    pred, target = widen(pred, target)
+    return narrow(jnp.mean(jnp.abs(pred - target)), out)
 
 
 def _rmse_grad(pred, target):
     """∂L/∂ŷ = (ŷ − y) / (n · RMSE)."""
+    out = jnp.result_type(pred, target)
+    pred, target = widen(pred, target)
     r = jnp.sqrt(jnp.mean((pred - target) ** 2))
-    return (pred - target) / (pred.size * r)
+    return narrow((pred - target) / (pred.size * r), out)
 
 
 @_with_grad(_rmse_grad, "regression")
 def rmse(pred, target):
     """Root mean squared error √((1/n) Σ (ŷ − y)²)."""
     _check_same_shape(pred, target, "rmse")
-    return jnp.sqrt(jnp.mean((pred - target) ** 2))
+    out = jnp.result_type(pred, target)
+    pred, target = widen(pred, target)
+    return narrow(jnp.sqrt(jnp.mean((pred - target) ** 2)), out)
 
 
 def _is_weight(path) -> bool:
@@ -154,7 +177,9 @@ def l2(params, strength):
     """½ λ Σ w² over every leaf named "w" (biases, γ and β are not penalized).
     (The penalty is quadratic; λ Σ w, as one note writes, is not a regularizer.)"""
     leaves = [x for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if _is_weight(p)]
-    return 0.5 * strength * sum((jnp.sum(x ** 2) for x in leaves), jnp.zeros(()))
+    # Squares summed in float32 for narrow leaves (the float32 zero makes the result float32
+    # then, as it always was).
+    return 0.5 * strength * sum((jnp.sum(widen(x) ** 2) for x in leaves), jnp.zeros(()))
 
 
 def accuracy(logits, labels):

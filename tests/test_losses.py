@@ -1,5 +1,6 @@
 """Loss values against NumPy definitions (torch-style means), stability of the
-cross-entropies, the l2 penalty, accuracy, and the label / shape errors."""
+cross-entropies, the l2 penalty, accuracy, and the label / shape errors; bfloat16 / float16
+predictions computed in float32 and rounded once."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,3 +146,36 @@ def test_softmax_cross_entropy_and_accuracy_average_over_every_position():
         losses.softmax_cross_entropy(logits, labels[:, 0])
     with pytest.raises(fn.FuncnetError, match="label 5 is out of range for 5 classes"):
         losses.softmax_cross_entropy(logits, labels.at[2, 3].set(5))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_narrow_predictions_are_computed_in_float32_and_rounded_once(dtype):
+    """Each loss and gradient in the predictions' dtype, within one rounding (half an ulp at
+    the largest entry) of the float64 value at the same rounded inputs. The cross-entropy's
+    logits are confident (the label 8 above the rest): softmax − 1 taken in the narrow dtype
+    would keep no digit of the gradient at the label."""
+    labels = jnp.arange(6) % 5
+    logits = jnp.asarray(fr.normal(jax.random.PRNGKey(1), (6, 5)) + 8.0 * jax.nn.one_hot(labels, 5),
+                         dtype)
+    target = jnp.asarray(fr.normal(jax.random.PRNGKey(2), (6, 5)), dtype)
+    bits = jnp.asarray(jax.random.uniform(jax.random.PRNGKey(3), (6, 5)), dtype)
+    cases = [(losses.softmax_cross_entropy, (logits, labels)),
+             (losses.binary_cross_entropy, (logits, bits)),
+             (losses.mse, (logits, target)), (losses.mae, (logits, target)),
+             (losses.rmse, (logits, target))]
+    half_ulp = float(jnp.finfo(dtype).eps) / 2
+    for loss, args in cases:
+        value, grad = loss(*args), loss.grad(*args)
+        assert value.dtype == dtype and grad.dtype == dtype, loss.__name__
+        with jax.enable_x64(True):
+            wide = [jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a
+                    for a in args]
+            value64, grad64 = np.asarray(loss(*wide)), np.asarray(loss.grad(*wide))
+        assert abs(float(value) - value64) <= 1.01 * half_ulp * abs(value64), loss.__name__
+        err = np.max(np.abs(np.asarray(grad, np.float64) - grad64))
+        assert err <= 1.01 * half_ulp * np.max(np.abs(grad64)), loss.__name__
+    # the l2 penalty of narrow weights: squares summed in float32, a float32 result
+    w = {"w": target}
+    assert losses.l2(w, 0.5).dtype == jnp.float32
+    assert float(losses.l2(w, 0.5)) == pytest.approx(
+        0.25 * float(np.sum(np.asarray(target, np.float64) ** 2)), rel=1e-6)
