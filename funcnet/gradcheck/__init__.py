@@ -9,16 +9,18 @@ user layers, second derivatives).
   layer.py           check_layer (a user's Layer: init, shapes, purity, jit, vmap, backward)
   training.py        check_training_gradients (the check `funcnet train` runs first)
   numpy_backward.py  check_backward (a cs231n-style NumPy forward/backward pair)
+  precision.py       check_precision (a backward run in bfloat16 / float16 vs float64)
 """
 from .functions import check_hvp, check_vjp
 from .layer import check_layer
 from .model import check_gradients
 from .numerical import directional_check, numerical_grad, rel_error
 from .numpy_backward import check_backward
+from .precision import check_precision
 from .training import check_training_gradients, choose_samples, nudge_off_kinks
 from .report import GradientCheckError, GradientReport, GradientRow
 
 __all__ = ["numerical_grad", "rel_error", "directional_check", "GradientRow", "GradientReport",
            "GradientCheckError", "check_gradients", "check_vjp", "check_backward",
            "check_hvp", "check_layer", "check_training_gradients", "nudge_off_kinks",
-           "choose_samples"]
+           "choose_samples", "check_precision"]
