@@ -220,7 +220,8 @@ def main(argv=None):
     for k, v in times.items():
         print(f"| {k} | {med[k]:.1f} [{min(v) * 1e3:.1f}–{max(v) * 1e3:.1f}] | {base / med[k]:.2f} |")
     print(f"jit compile s: hand backward {c_manual:.1f}, autodiff {c_auto:.1f}; "
-          f"torch {torch.__version__}, jax {jax.__version__}")
+          f"torch {torch.__version__}, jax {jax.__version__}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     return med
 
 
