@@ -48,6 +48,12 @@ def test_numerical_grad_sampled_mode():
         # Another key samples other coordinates.
         g2 = fn.numerical_grad(f, t, samples=4, key=jax.random.PRNGKey(2))
         assert not np.array_equal(np.isnan(np.asarray(g2["w"])), np.isnan(w))
+        # Any integer type counts (a NumPy integer from a config); a bool or 0 does not.
+        g3 = fn.numerical_grad(f, t, samples=np.int64(4), key=jax.random.PRNGKey(1))
+        np.testing.assert_array_equal(np.asarray(g3["w"]), w)
+        for bad in (True, 0, 2.0):
+            with pytest.raises(fn.FuncnetError, match="samples must be a positive int or None"):
+                fn.numerical_grad(f, t, samples=bad)
 
 
 def test_directional_check_agrees_with_jvp():
