@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
+from funcnet._validate import token_ints
 from funcnet import losses
 from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
 
@@ -87,7 +88,7 @@ def setup(model, shape=(3, 4, 4, 1), dtype=jnp.float64, seed=0):
 def copy_to_all_cells(params, cache, dy):
     """The notes' wrong max-pool rule: every cell of the window gets δ."""
     n, h, w, c = dy.shape
-    return {}, fn.ops.upsample(dy, (2, 2), shape=cache["like"].shape[1:3])
+    return {}, fn.ops.upsample(dy, (2, 2), shape=token_ints(cache["like"])[:2])  # (H, W, C)
 
 
 def test_max_pool_copy_to_all_cells_is_caught():
