@@ -210,7 +210,8 @@ def gpt2(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int, *,
                 "b_o"}, {}) and (ln, c_fc {"w", "b"}, {}, c_proj {"w", "b"}, {})
         [3 + depth] ln_f {"gamma", "beta"}   [4 + depth] {"w": None} (the tied head)
     `gpt2_params_from_hf` / `gpt2_params_to_hf` map these to Hugging Face's names.
-    `attention_block_size` is passed on to `self_attention(..., block_size=)`.
+    `attention_block_size` is passed on to `self_attention(..., block_size=)`: blockwise
+    ("flash") attention, the same outputs and gradients in O(T·dim) memory per layer.
     """
     where = "gpt2"
     vocab_size = as_int(vocab_size, "vocab_size", where, minimum=2)
@@ -223,8 +224,8 @@ def gpt2(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int, *,
                     high_open=True)
     if dim % num_heads:
         raise LayerError(f"gpt2: num_heads={num_heads} must divide dim={dim}")
-    attention = {} if attention_block_size is None else {"block_size": attention_block_size}
-    blocks = [_gpt2_block(dim, num_heads, mlp_ratio, rate, depth, attention) for _ in range(depth)]
+    blocks = [_gpt2_block(dim, num_heads, mlp_ratio, rate, depth, attention_block_size)
+              for _ in range(depth)]
     body = serial(embedding(vocab_size, dim, w_init=gaussian(_GPT2_STD)),
                   positional_embedding(max_len, w_init=gaussian(_GPT2_STD)), _dropout(rate),
                   *blocks, layer_norm(), _tied_head(vocab_size))
@@ -234,12 +235,12 @@ def gpt2(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int, *,
 _dropout = dropout  # gpt2's keyword `dropout` shadows the layer inside it
 
 
-def _gpt2_block(dim, num_heads, mlp_ratio, rate, depth, attention_options) -> Layer:
+def _gpt2_block(dim, num_heads, mlp_ratio, rate, depth, block_size) -> Layer:
     """x + drop(attn(ln_1(x))), then x + drop(c_proj(gelu_tanh(c_fc(ln_2(x))))); each
     branch's output projection starts at N(0, (0.02/√(2·depth))²)."""
     proj_std = _GPT2_STD / math.sqrt(2 * depth)
-    attn = self_attention(num_heads, causal=True, dropout=rate, w_init=gaussian(_GPT2_STD),
-                          **attention_options)
+    attn = self_attention(num_heads, causal=True, dropout=rate, block_size=block_size,
+                          w_init=gaussian(_GPT2_STD))
     attn = _rescaled_init(attn, "w_o", proj_std / _GPT2_STD)
     mlp = (time_distributed(dense(mlp_ratio * dim, w_init=gaussian(_GPT2_STD))), gelu_tanh,
            time_distributed(dense(dim, w_init=gaussian(proj_std))))

@@ -146,6 +146,21 @@ def test_dropout_only_in_training(model, params64):
     assert np.abs(train1 - train2).max() > 1e-3 and np.abs(train1 - eval1).max() > 1e-3
 
 
+def test_attention_block_size_reaches_self_attention(model, params64):
+    """The blockwise attention's own tests compare its gradients; here: gpt2 passes the block
+    size on (the same outputs, dropout included; a bad size is self_attention's error)."""
+    params, state = params64
+    blockwise = models.gpt2(VOCAB, MAX_LEN, DIM, HEADS, DEPTH, dropout=RATE, attention_block_size=4)
+    with jax.enable_x64(True):
+        y, _, cache = model.forward(params, state, IDS, train=True, key=KEY)
+        y_b, _, cache_b = blockwise.forward(params, state, IDS, train=True, key=KEY)
+    np.testing.assert_allclose(y_b, y, rtol=1e-11, atol=1e-12)
+    size = lambda c: sum(leaf.size for leaf in jax.tree_util.tree_leaves(c))
+    assert size(cache_b) < size(cache)   # no (heads · T²) probabilities kept
+    with pytest.raises(fn.LayerError, match="self_attention: block_size must be a positive int"):
+        models.gpt2(VOCAB, MAX_LEN, DIM, HEADS, DEPTH, attention_block_size=0)
+
+
 def test_logits_match_a_numpy_gpt2_written_from_hf_names(model, params64):
     params, state = params64
     sd = {k: np.asarray(v) for k, v in models.gpt2_params_to_hf(params).items()}
