@@ -75,7 +75,7 @@ def check_precision(model: Layer, x, *, dtype=jnp.bfloat16, key=None, factor: fl
                             columns=(f"hand {name}", f"autodiff {name}"),
                             title=f"precision check ({name})")
     if not report.ok and is_container(model):
-        report.notes += _localize(model, params, state, x, train, k_run, factor, floor, dtype)
+        report.notes += _blame(model, params, state, x, train, k_run, factor, floor, dtype)
     if raise_on_failure:
         report.raise_if_failed()
     return report
@@ -238,6 +238,14 @@ def _notes(rows, factor, floor, ulps, name) -> list:
     return [rule] + ([f"under the floor only: {', '.join(by_floor)}"] if by_floor else [])
 
 
+def _blame(model, params, state, x, train, key, factor, floor, dtype) -> list:
+    """The localization notes of a failed check (never raises: they only add information)."""
+    try:
+        return _localize(model, params, state, x, train, key, factor, floor, dtype)
+    except Exception as e:  # noqa: BLE001 -- a layer may not support the per-layer replay
+        return [f"could not localize the loss of precision ({type(e).__name__}: {e})"]
+
+
 def _localize(model, params, state, x, train, key, factor, floor, dtype) -> list:
     """Each leaf layer checked alone, at the input it sees inside the model (the forward
     replayed by the containers' kinds, in float64, then rounded to the model's dtype), with
@@ -251,7 +259,7 @@ def _localize(model, params, state, x, train, key, factor, floor, dtype) -> list
         if not leaf:
             continue
         p, s, xin = (_precision.cast(t, dtype) for t in (p, s, xin))
-        g = _cotangent(layer, p, s, xin, train, k, jax.random.PRNGKey(i), dtype)
+        g = _cotangent(layer, p, s, xin, train, k, jax.random.fold_in(key, i), dtype)
         rows = [_row(*r, factor, floor) for r in _gradients(layer, p, s, xin, g, train, k)[0]]
         bad = [r for r in rows if not r.ok]
         if bad:
