@@ -337,7 +337,7 @@ def _eval_function(model, loss, task, dtype=None):
 
 
 def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 512, loss=None,
-             compute_dtype=None) -> dict:
+             compute_dtype=None, loss_scale=None) -> dict:
     """Metrics of the model (train=False) over all of (x, y), batch by batch.
 
     Returns {"loss", "accuracy"} for classification (integer labels; `loss` defaults to
@@ -349,8 +349,11 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 512, loss=N
     `batch_size`. Its default is `fit`'s `eval_batch_size`: evaluating fit's val_data
     afterwards reuses the program fit compiled for it. `compute_dtype` (see `make_step`)
     runs the model on casts of params, state and float inputs to it, the loss and metrics
-    on its outputs widened to float32.
+    on its outputs widened to float32. `loss_scale` is accepted (so one policy can be
+    passed to make_step, fit and evaluate alike), checked and ignored: evaluation has no
+    backward pass to scale.
     """
+    mp.resolve_loss_scale(loss_scale, "evaluate")
     return _evaluator(model, params, state, x, y, batch_size=batch_size, loss=loss,
                       compute_dtype=compute_dtype)(params, state)
 
