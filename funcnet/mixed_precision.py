@@ -36,8 +36,8 @@ from ._validate import as_float, as_int
 from .errors import FuncnetError
 
 __all__ = ["LossScale", "LossScalePolicy", "dynamic_loss_scale", "resolve_compute_dtype",
-           "resolve_loss_scale", "init_loss_scale", "next_loss_scale", "all_finite",
-           "cast_floats", "cast_like", "describe"]
+           "resolve_loss_scale", "init_loss_scale", "current_loss_scale", "next_loss_scale",
+           "all_finite", "cast_floats", "cast_like", "to_float32", "describe"]
 
 DYNAMIC_INITIAL = 2.0 ** 15   # jmp / flax start at 2^15 (torch.amp at 2^16)
 GROWTH_INTERVAL = 2000        # consecutive finite steps before the scale doubles
