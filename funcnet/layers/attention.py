@@ -5,12 +5,14 @@ in_proj_weight = W_qkvᵀ, in_proj_bias = b_qkv, out_proj.weight = W_oᵀ, out_p
 """
 import math
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from .. import _random
 from .._validate import as_float, as_int, check, float_dtype, nonempty_shape
-from ..core import Layer
+from ..core import Decode, Layer, LayerError
 from ..initializers import _resolve, gaussian, glorot_uniform, zeros
 
 __all__ = ["self_attention", "positional_embedding"]
@@ -111,7 +113,8 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
                    "w_o": jnp.einsum("btd,bte->de", o, dy), "b_o": dy.sum((0, 1))}
         return dparams, dqkv @ params["w_qkv"].T
 
-    return Layer(init, forward, backward, "self_attention", output_shape)
+    return Layer(init, forward, backward, "self_attention", output_shape,
+                 decode=causal_decode(num_heads) if causal else None)
 
 
 def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
@@ -143,4 +146,61 @@ def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
         dw = jnp.zeros_like(params["w"]).at[:dy.shape[1]].set(dy.sum(0).astype(params["w"].dtype))
         return {"w": dw}, dy
 
-    return Layer(init, forward, backward, "positional_embedding", output_shape)
+    return Layer(init, forward, backward, "positional_embedding", output_shape, decode=POSITIONS)
+
+
+# Generation (fn.models.generate) runs a model one chunk of time steps at a time: the decode
+# rules of the two time-mixing layers above (see `core.Decode`). They read the layers' params
+# only, written out here in full rather than through the forward's helpers, so the forward
+# can change how it computes; the tests hold every step equal to the forward's rows.
+
+def causal_decode(num_heads: int) -> Decode:
+    """Causal self-attention with a key/value cache. The carry holds K and V, each (batch,
+    heads, length, d_h); a chunk x at positions t … t + s − 1 writes its keys and values at
+    rows t … t + s − 1, and its query at position p attends to rows ≤ p (later rows, written
+    or still zero, get −∞ before the softmax, exactly as `forward`'s causal mask):
+
+        y_p = concat_h(softmax(q_p K_hᵀ / √d_h + mask_p) V_h) W_o + b_o
+
+    Attention dropout is the identity (generation is evaluation)."""
+    return Decode(functools.partial(_kv_buffers, num_heads), functools.partial(_attend_cached, num_heads))
+
+
+def _kv_buffers(num_heads, params, x, length):
+    """Zero K and V buffers (batch, heads, length, d_h) in the dtype x W_qkv has."""
+    d = params["w_o"].shape[0]
+    dtype = jnp.result_type(x.dtype, params["w_qkv"].dtype)
+    shape = (x.shape[0], num_heads, length, d // num_heads)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def _attend_cached(num_heads, params, carry, x, t):
+    """The chunk's outputs (batch, s, dim) and the buffers with its keys and values written."""
+    (b, s, d), dh = x.shape, x.shape[2] // num_heads
+    qkv = x @ params["w_qkv"] + params["b_qkv"]
+    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(b, s, num_heads, dh).transpose(0, 2, 1, 3)
+               for i in range(3))
+    keys = jax.lax.dynamic_update_slice_in_dim(carry["k"], k.astype(carry["k"].dtype), t, axis=2)
+    values = jax.lax.dynamic_update_slice_in_dim(carry["v"], v.astype(carry["v"].dtype), t, axis=2)
+    scores = q @ jnp.swapaxes(keys, -1, -2) / math.sqrt(dh)             # (b, h, s, length)
+    seen = jnp.arange(keys.shape[2])[None, :] <= t + jnp.arange(s)[:, None]
+    a = jax.nn.softmax(jnp.where(seen, scores, -jnp.inf), axis=-1)
+    o = (a @ values).transpose(0, 2, 1, 3).reshape(b, s, d)
+    return o @ params["w_o"] + params["b_o"], {"k": keys, "v": values}
+
+
+def _positions_fit(params, x, length):
+    """No carry; refuses a generation longer than the table (max_len rows)."""
+    rows = params["w"].shape[0]
+    if length > rows:
+        raise LayerError(f"positional_embedding: T0 + max_new_tokens = {length} positions do not "
+                         f"fit its table of max_len={rows} rows; shorten the prompt or max_new_tokens")
+    return ()
+
+
+def _add_positions(params, carry, x, t):
+    """y = x + W[t : t + s] for a chunk of s steps starting at position t."""
+    return x + jax.lax.dynamic_slice_in_dim(params["w"], t, x.shape[1], axis=0), carry
+
+
+POSITIONS = Decode(_positions_fit, _add_positions)  # positional_embedding's decode rule
