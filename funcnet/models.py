@@ -26,6 +26,7 @@ from typing import Sequence
 
 from ._validate import as_int
 from .combinators import residual, time_distributed
+from .generate import generate as generate  # fn.models.generate (a re-export)
 from .core import LayerError, serial
 from .initializers import gaussian, he
 from .layers import (batch_norm, conv2d, dense, dropout, embedding, flatten, gelu,
