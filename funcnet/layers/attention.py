@@ -3,9 +3,8 @@
 self_attention is torch.nn.MultiheadAttention(dim, num_heads, batch_first=True) with
 in_proj_weight = W_qkvᵀ, in_proj_bias = b_qkv, out_proj.weight = W_oᵀ, out_proj.bias = b_o.
 """
-import math
-
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
