@@ -195,15 +195,16 @@ def test_a_layer_without_a_decode_rule_is_named_with_its_path():
 
 
 def test_walkers_follow_combine_and_decode_not_names():
-    """A user's pointwise leaf named "self_attention" runs as marked; a model with state
-    must be given it."""
+    """A user's pointwise leaf named "self_attention" runs as marked (one new token: the
+    prompt's chunk alone, an empty scan); a model with state must be given it."""
     double = Layer(lambda k, s, d=None: ({}, {}), lambda p, s, x, train=False, key=None: (2 * x, s, {}),
                    lambda p, c, dy: ({}, 2 * dy), "self_attention", lambda s: s, decode=POINTWISE)
     model = fn.serial(fn.embedding(VOCAB, DIM), double, fn.time_distributed(fn.dense(VOCAB)))
     with jax.enable_x64(True):
         params, state = random_params(model, (1, 4), jnp.float64)
-        ids = np.asarray(fn.models.generate(model, params, PROMPT, 2, key=KEY, temperature=0))
+        ids = np.asarray(fn.models.generate(model, params, PROMPT, 1, key=KEY, temperature=0))
         want = full_forward_argmax(model, params, state, ids)
+    assert ids.shape == (2, 4)
     np.testing.assert_array_equal(ids[:, 3:], want)
     stateful = fn.serial(fn.embedding(VOCAB, DIM), fn.time_distributed(fn.batch_norm()),
                          fn.time_distributed(fn.dense(VOCAB)))
