@@ -2,8 +2,8 @@
 from . import initializers, losses, ops
 from .backprop import backprop, with_manual_grads
 from .combinators import fanin_concat, fanin_sum, fanout, residual, time_distributed
-# the combinators' `parallel`, which also answers the old fn.parallel.make_mesh & co. (moved
-# to fn.sharding) with a DeprecationWarning: see _deprecated.py
+# the combinator `parallel`; it also carries the old fn.parallel.make_mesh & co. (moved to
+# fn.sharding), which warn when called: see _deprecated.py
 from ._deprecated import parallel
 from .core import FuncnetError, Layer, LayerError, serial, summary
 from .sharing import share

@@ -13,7 +13,7 @@ Both are plain lax operations: autodiff, jvp, vmap and second derivatives go thr
 `cpu_form` picks one (or none) for a `correlate` call; `per_platform`, the only way
 `ops.correlate` reaches them, runs it only in a program compiled for a CPU, so a GPU or
 TPU keeps XLA's own convolution. Measurements, and the cases where they lose:
-benchmarks/RESULTS.md, "One- and few-channel convolutions"
+benchmarks/investigations/why-are-few-channel-convolutions-slow-on-xla-cpu.md
 (`python -m benchmarks.conv_forms`).
 """
 from __future__ import annotations

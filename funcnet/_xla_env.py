@@ -3,8 +3,8 @@
 XLA reads `XLA_FLAGS` once, when JAX starts its first backend (not at `import jax`), so
 `apply_xla_defaults()` works any time before the first array or compiled call. It never
 overrides a user's own `XLA_FLAGS`, and `FUNCNET_XLA_DEFAULTS=0` turns it off. The flag
-choice and its measurement are in benchmarks/RESULTS.md (section "XLA CPU flag map") and
-benchmarks/xla_flags.py.
+choice and its measurement are in benchmarks/investigations/which-xla-cpu-flags-help.md (the
+current figures: benchmarks/RESULTS.md, "XLA CPU flag map") and benchmarks/xla_flags.py.
 
 The compilation cache keeps every compiled program on disk (JAX's own cache, minimum
 compile time 0, so the many small programs of a run are kept too), so a second run of the
@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_XLA_FLAGS", "apply_xla_defaults", "backend_started", "defaul
            "enable_compilation_cache", "setup_for_command", "ynn_fusions_off"]
 
 # YNNPACK fusions off: XLA's own emitters ran LeNet's conv step faster on the measured CPU
-# (benchmarks/RESULTS.md, "XLA CPU flag map").
+# (benchmarks/investigations/which-xla-cpu-flags-help.md).
 DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 # The jaxlib series the flag was measured on. XLA aborts the process on a flag it does not
 # know, and experimental flags come and go between releases, so other versions get XLA's

@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+__all__ = ["main", "cmd_train", "cmd_gradcheck", "cmd_launch", "load_data", "gradient_check"]
+
 # Defaults per optimizer: learning rates that train every built-in model well.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 3e-3}
 DEFAULT_EPOCHS = 20

@@ -33,7 +33,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed, sharding
-from ._validate import as_int
+from ._validate import as_float, as_int
 from .core import Layer
 from .errors import FuncnetError, LayerError
 from .train import (TrainState, _check_data, _check_l2, _check_optimizer, _check_pair,
@@ -134,8 +134,8 @@ def _fit_settings(optimizer, train_data, *, loss, epochs, steps, batch_size, key
     bs = min(as_int(batch_size, "batch_size", where, error=FuncnetError), n)
     if as_int(sync_every, "sync_every", where, error=FuncnetError) > 16:
         raise FuncnetError(f"{where}: sync_every must be an int in [1, 16], got {sync_every!r}")
-    if target_loss is not None and not isinstance(target_loss, (int, float)):
-        raise FuncnetError(f"{where}: target_loss must be a number, got {target_loss!r}")
+    if target_loss is not None:
+        as_float(target_loss, "target_loss", where, words="a finite number", error=FuncnetError)
     if checkpoint_every == 0:
         raise FuncnetError(f"{where}: checkpoint_every must be a positive number of steps")
     if drop_remainder and n % bs and n < bs:

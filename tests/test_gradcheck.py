@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
+from funcnet._validate import token_ints
 from funcnet import losses
 from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
 
@@ -48,6 +49,12 @@ def test_numerical_grad_sampled_mode():
         # Another key samples other coordinates.
         g2 = fn.numerical_grad(f, t, samples=4, key=jax.random.PRNGKey(2))
         assert not np.array_equal(np.isnan(np.asarray(g2["w"])), np.isnan(w))
+        # Any integer type counts (a NumPy integer from a config); a bool or 0 does not.
+        g3 = fn.numerical_grad(f, t, samples=np.int64(4), key=jax.random.PRNGKey(1))
+        np.testing.assert_array_equal(np.asarray(g3["w"]), w)
+        for bad in (True, 0, 2.0):
+            with pytest.raises(fn.FuncnetError, match="samples must be a positive int or None"):
+                fn.numerical_grad(f, t, samples=bad)
 
 
 def test_directional_check_agrees_with_jvp():
@@ -81,7 +88,7 @@ def setup(model, shape=(3, 4, 4, 1), dtype=jnp.float64, seed=0):
 def copy_to_all_cells(params, cache, dy):
     """The notes' wrong max-pool rule: every cell of the window gets δ."""
     n, h, w, c = dy.shape
-    return {}, fn.ops.upsample(dy, (2, 2), shape=cache["like"].shape[1:3])
+    return {}, fn.ops.upsample(dy, (2, 2), shape=token_ints(cache["like"])[:2])  # (H, W, C)
 
 
 def test_max_pool_copy_to_all_cells_is_caught():

@@ -5,6 +5,7 @@ The multi-device run needs XLA_FLAGS set before JAX starts, so it runs in a subp
 (with a timeout: a hung collective must fail the test, never hang CI).
 """
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -122,8 +123,8 @@ def test_make_mesh_2d_takes_numpy_ints_and_refuses_what_does_not_divide():
 
 # ----------------------------------------------------------------------------- old spellings
 
-def test_fn_sharding_is_lazy_and_is_this_module():
-    code = ("import sys, funcnet as fn; assert 'funcnet.sharding' not in sys.modules; "
+def test_fn_sharding_is_this_module_and_importing_funcnet_warns_of_nothing():
+    code = ("import sys, funcnet as fn; "
             "assert fn.sharding is sys.modules['funcnet.sharding']; print(fn.sharding.AXIS)")
     proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
                           capture_output=True, text=True, timeout=120)
@@ -131,11 +132,18 @@ def test_fn_sharding_is_lazy_and_is_this_module():
 
 
 @pytest.mark.parametrize("name", sharding.__all__)
-def test_fn_parallel_dot_a_helper_warns_and_is_the_helper(name):
+def test_fn_parallel_dot_a_helper_is_the_helper_and_warns_when_called(name):
+    new, old = getattr(sharding, name), getattr(fn.parallel, name)
+    if not callable(new):
+        assert old == new  # AXIS, MODEL_AXIS, MAX_IN_FLIGHT
+        return
+    assert old.__wrapped__ is new
     with pytest.warns(DeprecationWarning, match=rf"fn\.parallel\.{name} is deprecated: use "
                                                 rf"fn\.sharding\.{name}"):
-        old = getattr(fn.parallel, name)
-    assert old is getattr(sharding, name)
+        try:
+            old()  # without its arguments: most raise, make_mesh() builds a mesh
+        except (TypeError, ValueError):
+            pass
 
 
 def test_the_old_spellings_give_the_same_results():
@@ -148,6 +156,7 @@ def test_the_old_spellings_give_the_same_results():
     np.testing.assert_array_equal(np.asarray(sharded), np.arange(4.0))
     with pytest.raises(AttributeError, match="has no attribute 'make_mash'"):
         assert fn.parallel.make_mash is None  # a typo is not forwarded
+    assert inspect.isfunction(fn.parallel) and fn.parallel is fn.combinators.parallel
 
 
 def test_importing_funcnet_parallel_warns_and_leaves_fn_parallel_the_combinator(monkeypatch):
@@ -159,7 +168,7 @@ def test_importing_funcnet_parallel_warns_and_leaves_fn_parallel_the_combinator(
                                                 "funcnet.sharding"):
         module = importlib.import_module("funcnet.parallel")
     # the package attribute is still the combinator, and the "module" is that same object
-    assert funcnet.parallel is before is module and fn.parallel.__wrapped__ is combinator
+    assert funcnet.parallel is before is module is combinator
     layer = fn.parallel(fn.dense(2), fn.dense(3))
     expected = combinator(fn.dense(2), fn.dense(3))
     assert layer.name == expected.name == "parallel"
@@ -167,6 +176,7 @@ def test_importing_funcnet_parallel_warns_and_leaves_fn_parallel_the_combinator(
     want, _ = expected.init(jax.random.PRNGKey(0), ((1, 4), (1, 5)))
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(a, b)
+    from funcnet.parallel import make_mesh
+    assert make_mesh.__wrapped__ is sharding.make_mesh
     with pytest.warns(DeprecationWarning, match="use fn.sharding.make_mesh"):
-        from funcnet.parallel import make_mesh
-    assert make_mesh is sharding.make_mesh
+        assert make_mesh(jax.devices()[:1]) == sharding.make_mesh(jax.devices()[:1])

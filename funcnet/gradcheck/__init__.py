@@ -2,9 +2,14 @@
 checks of gradients funcnet did not write (custom_vjp rules, NumPy backward functions,
 user layers, second derivatives).
 
+  kernels.py         the numerical kernels every check shares: the one-coordinate step, the
+                     (centred, forward, backward) differences, the tolerance and kink tests,
+                     the random streams of a check's one key, the constants
+  settings.py        Settings: a check's options (tolerances, eps, samples, key), passed whole
   numerical.py       numerical_grad, rel_error, directional_check
   report.py          GradientRow / GradientReport: one row per leaf, worst element named
   model.py           check_gradients (a model's backward vs jax.grad vs differences)
+  fused.py           check_gradients' default numerical side as one compiled program
   functions.py       check_vjp (a JAX function's VJP, e.g. its custom_vjp rule), check_hvp
   layer.py           check_layer (a user's Layer: init, shapes, purity, jit, vmap, backward)
   training.py        check_training_gradients (the check `funcnet train` runs first)

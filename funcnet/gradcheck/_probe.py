@@ -8,13 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import FuncnetError
-from .numerical import key_rng
+from . import kernels
 
 __all__ = []
-
-# An element is "at a kink" when its one-sided differences disagree by more than this
-# (relative, plus the absolute floor): a smooth f gives |fwd - bwd| ≈ ε |f''|, far below.
-KINK_RTOL = 1e-3
 
 
 def split_args(args, where):
@@ -65,19 +61,6 @@ def check_output(out, where, second=None):
                                f"pass randomness in as an argument")
 
 
-def coordinates(leaves, samples, key):
-    """Per leaf, the coordinates to difference: all, or `samples` random ones when the
-    leaf is bigger than that (None: all)."""
-    keys = jax.random.split(key, len(leaves))
-    out = []
-    for k, leaf in zip(keys, leaves):
-        if samples is None or leaf.size <= samples:
-            out.append(np.arange(leaf.size))
-        else:
-            out.append(np.sort(key_rng(k).choice(leaf.size, samples, replace=False)))
-    return out
-
-
 def differences(g, leaves, picked, eps):
     """For g(leaves) -> a vector of K scalars: per leaf, (centred, forward, backward)
     differences, each of shape (K,) + leaf.shape with NaN at unpicked coordinates.
@@ -92,21 +75,18 @@ def differences(g, leaves, picked, eps):
     idx = np.concatenate([p + o for p, o in zip(picked, offsets)])
 
     def one(i):
-        step = jnp.where(jnp.arange(flat.size) == i, jnp.asarray(eps, flat.dtype), 0)
+        step = kernels.coordinate_step(flat.size, i, eps, flat.dtype)
         return g(unflat(flat + step)), g(unflat(flat - step))
 
-    width = max(1, min(512, (1 << 20) // max(flat.size, 1)))
+    width = kernels.chunk_width(max(idx.size, 1), flat.size, cap=kernels.EAGER_CHUNK,
+                                budget=kernels.EAGER_COPY_BUDGET)
     parts = [jax.vmap(one)(jnp.asarray(idx[s:s + width])) for s in range(0, idx.size, width)]
     mid = g(unflat(flat))
     empty = jnp.zeros((0,) + jnp.shape(mid), mid.dtype)  # every leaf projected: none here
     plus = jnp.concatenate([p for p, _ in parts]) if parts else empty
     minus = jnp.concatenate([m for _, m in parts]) if parts else empty
-    plus, minus, mid = (np.asarray(a, np.float64) for a in (plus, minus, mid))
-    results = []
-    for (c, fw, bw) in zip(*[_scatter(v, idx, offsets, leaves) for v in
-                             ((plus - minus) / (2 * eps), (plus - mid) / eps, (mid - minus) / eps)]):
-        results.append((c, fw, bw))
-    return results, mid
+    triple = kernels.differences(plus, minus, mid, eps)
+    return list(zip(*[_scatter(v, idx, offsets, leaves) for v in triple])), np.asarray(mid, np.float64)
 
 
 def _scatter(values, idx, offsets, leaves):
@@ -119,9 +99,3 @@ def _scatter(values, idx, offsets, leaves):
         full[:, idx[mine] - offsets[j]] = values[mine].T
         out.append(full.reshape((k,) + tuple(leaf.shape)))
     return out
-
-
-def kink_mask(forward, backward, floor):
-    """Elements whose one-sided differences disagree beyond KINK_RTOL (plus 100 floors)."""
-    gap = np.abs(forward - backward)
-    return np.nan_to_num(gap) > KINK_RTOL * (np.abs(forward) + np.abs(backward)) + 100 * floor

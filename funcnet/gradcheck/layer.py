@@ -33,20 +33,14 @@ def check_layer(layer: Layer, input_shape, *, key=None, modes=(False, True), rto
     with jax.enable_x64(True):
         made = _property(report, "init", lambda: _init(layer, key, shape))
         if made is None:
-            return _finish(report, raise_on_failure)
+            return report.finish(raise_on_failure)
         params, state = made
         x = _random.normal(jax.random.fold_in(key, 1), shape, jnp.float64)
         _property(report, "output_shape", lambda: _output_shape(layer, params, state, x, shape))
         for train in modes:
             _mode(report, layer, params, state, x, bool(train), jax.random.fold_in(key, 2),
                   rtol, samples)
-    return _finish(report, raise_on_failure)
-
-
-def _finish(report, raise_on_failure):
-    if raise_on_failure:
-        report.raise_if_failed()
-    return report
+    return report.finish(raise_on_failure)
 
 
 def _property(report, name, thunk):

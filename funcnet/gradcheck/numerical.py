@@ -18,6 +18,9 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _random
 from ..errors import FuncnetError
+from . import kernels
+from .kernels import key_rng, random_directions  # noqa: F401 -- their old home's names
+from .settings import samples_option
 
 __all__ = ["numerical_grad", "rel_error", "directional_check", "projected_differences",
            "random_directions"]
@@ -35,9 +38,6 @@ def rel_error(a, b) -> float:
         return 0.0
     a, b = a[keep], b[keep]
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
-
-
-_COPY_BUDGET = 1 << 16  # elements of perturbed copies per vmapped chunk
 
 
 def _blocks(leaves, chunk):
@@ -59,11 +59,12 @@ def _blocks(leaves, chunk):
 
 
 @functools.lru_cache(maxsize=64)
-def _block_differences(f, treedef, shapes, block, eps):
-    """A jit-compiled g(leaves, flat, idx, args) -> centred differences for the coordinates
-    idx (n_chunks, chunk) of the block's leaves raveled into `flat`: lax.map over chunks,
-    jax.vmap within one, so the whole block runs in one device call. Cached per function,
-    so calling numerical_grad again with the same f (and new `args`) does not recompile."""
+def _block_values(f, treedef, shapes, block, eps):
+    """A jit-compiled g(leaves, flat, idx, args) -> (f(x + εeᵢ), f(x − εeᵢ)) for the
+    coordinates idx (n_chunks, chunk) of the block's leaves raveled into `flat`, and f(x):
+    lax.map over chunks, jax.vmap within one, so the whole block runs in one device call.
+    Cached per function, so calling numerical_grad again with the same f (and new `args`)
+    does not recompile."""
     block_shapes = [shapes[j] for j in block]
     splits = np.cumsum([math.prod(shape) for shape in block_shapes])[:-1]
 
@@ -74,18 +75,57 @@ def _block_differences(f, treedef, shapes, block, eps):
         return f(jax.tree_util.tree_unflatten(treedef, tree), *args)
 
     def one(all_leaves, flat, i, args):
-        # ε·eᵢ as a masked vector, not flat.at[i].add: XLA fuses it into its consumer
-        # (about 2.5x faster on CPU than a batched scatter).
-        step = jnp.where(jnp.arange(flat.size) == i, jnp.asarray(eps, flat.dtype), 0)
-        plus = evaluate(all_leaves, flat + step, args)
-        minus = evaluate(all_leaves, flat - step, args)
-        return (plus - minus) / (2 * eps)
+        step = kernels.coordinate_step(flat.size, i, eps, flat.dtype)
+        return evaluate(all_leaves, flat + step, args), evaluate(all_leaves, flat - step, args)
 
     def run(all_leaves, flat, idx, args):
         in_chunk = jax.vmap(one, in_axes=(None, None, 0, None))
-        return jax.lax.map(lambda part: in_chunk(all_leaves, flat, part, args), idx)
+        pairs = jax.lax.map(lambda part: in_chunk(all_leaves, flat, part, args), idx)
+        return pairs, evaluate(all_leaves, flat, args)
 
     return jax.jit(run)
+
+
+def _check_leaves(f, leaves, treedef, args):
+    """numerical_grad's input checks: floating leaves, a scalar f."""
+    for leaf in leaves:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise FuncnetError(f"numerical_grad: every leaf of x must be floating point, got a "
+                               f"leaf of dtype {leaf.dtype} and shape {tuple(leaf.shape)}")
+    value = jax.eval_shape(f, jax.tree_util.tree_unflatten(treedef, leaves), *args)
+    if getattr(value, "shape", None) != ():
+        raise FuncnetError(f"numerical_grad: f must return a scalar, got "
+                           f"{getattr(value, 'shape', value)}")
+
+
+def coordinate_differences(f, leaves, treedef, picked, eps, *, args=(), chunk=256):
+    """Per leaf, the (centred, forward, backward) differences of the scalar f(tree, *args)
+    at the flat coordinates `picked[j]` of leaf j, float64 NumPy arrays of the leaf's shape
+    with NaN at the coordinates not picked (numerical_grad's kernel; check_gradients uses
+    the one-sided parts to tell a kink from a wrong formula)."""
+    out = [[np.full(leaf.size, np.nan) for _ in range(3)] for leaf in leaves]
+    shapes = tuple(tuple(leaf.shape) for leaf in leaves)
+    for block in _blocks(leaves, chunk):
+        offsets = np.cumsum([0] + [leaves[j].size for j in block])
+        idx = np.concatenate([picked[j] + o for j, o in zip(block, offsets)])
+        if idx.size == 0:
+            continue
+        flat = jnp.concatenate([leaves[j].ravel() for j in block])
+        # vmap materializes one perturbed copy of the block per coordinate in a chunk; for a
+        # big leaf that memory traffic costs more than the batching saves (a 400x120 dense
+        # weight: 4 s at 1 per chunk, 10 s at 256), so chunks shrink as blocks grow.
+        width = kernels.chunk_width(idx.size, flat.size, cap=chunk)
+        n_chunks = -(-idx.size // width)
+        padded = np.pad(idx, (0, n_chunks * width - idx.size), mode="edge")  # one shape
+        (plus, minus), mid = _block_values(f, treedef, shapes, tuple(block), float(eps))(
+            leaves, flat, jnp.asarray(padded.reshape(n_chunks, width)), tuple(args))
+        triple = [d.ravel() for d in kernels.differences(plus, minus, mid, eps)]
+        start = 0
+        for j in block:
+            for full, d in zip(out[j], triple):
+                full[picked[j]] = d[start:start + picked[j].size]
+            start += picked[j].size
+    return [tuple(d.reshape(leaf.shape) for d in triple) for triple, leaf in zip(out, leaves)]
 
 
 def numerical_grad(f, x, eps=1e-5, *, args=(), samples: Optional[int] = None, key=None,
@@ -99,57 +139,22 @@ def numerical_grad(f, x, eps=1e-5, *, args=(), samples: Optional[int] = None, ke
     what depends on it: for a network, the layers before a perturbed weight are evaluated
     once per chunk, not once per coordinate.
 
-    `samples=k` differentiates only k random coordinates per leaf (drawn from `key`, as
-    cs231n's sparse check) and returns NaN elsewhere; None does every coordinate.
-    The result has the structure, shapes and dtypes of x. The compiled differences are
-    cached per `f`: passing data through `args` to one function object (rather than a new
-    closure per call) compiles once per shape.
+    `samples=k` (any integer type) differentiates only k random coordinates per leaf (drawn
+    from `key`, as cs231n's sparse check) and returns NaN elsewhere; None does every
+    coordinate. The result has the structure, shapes and dtypes of x. The compiled
+    differences are cached per `f`: passing data through `args` to one function object
+    (rather than a new closure per call) compiles once per shape.
     """
-    args = tuple(args)
     leaves, treedef = jax.tree_util.tree_flatten(x)
     leaves = [jnp.asarray(leaf) for leaf in leaves]
-    for leaf in leaves:
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            raise FuncnetError(f"numerical_grad: every leaf of x must be floating point, got a "
-                               f"leaf of dtype {leaf.dtype} and shape {tuple(leaf.shape)}")
-    value = jax.eval_shape(f, jax.tree_util.tree_unflatten(treedef, leaves), *args)
-    if getattr(value, "shape", None) != ():
-        raise FuncnetError(f"numerical_grad: f must return a scalar, got "
-                           f"{getattr(value, 'shape', value)}")
-    if samples is None:
-        picked = [np.arange(leaf.size) for leaf in leaves]
-    else:
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
-            raise FuncnetError(f"numerical_grad: samples must be a positive int or None, got "
-                               f"{samples!r}")
-        key = jax.random.PRNGKey(0) if key is None else key
-        keys = jax.random.split(key, max(len(leaves), 1))
-        picked = [np.sort(np.asarray(jax.random.choice(k, leaf.size, (min(samples, leaf.size),),
-                                                       replace=False)))
-                  for k, leaf in zip(keys, leaves)]
-    out = [np.full(leaf.size, np.nan if samples is not None else 0.0, np.float64) for leaf in leaves]
-    for block in _blocks(leaves, chunk):
-        offsets = np.cumsum([0] + [leaves[j].size for j in block])
-        idx = np.concatenate([picked[j] + o for j, o in zip(block, offsets)])
-        if idx.size == 0:
-            continue
-        flat = jnp.concatenate([leaves[j].ravel() for j in block])
-        # vmap materializes one perturbed copy of the block per coordinate in a chunk; for a
-        # big leaf that memory traffic costs more than the batching saves (a 400x120 dense
-        # weight: 4 s at 1 per chunk, 10 s at 256), so chunks shrink as blocks grow.
-        width = max(1, min(chunk, idx.size, _COPY_BUDGET // flat.size))
-        n_chunks = -(-idx.size // width)
-        padded = np.pad(idx, (0, n_chunks * width - idx.size), mode="edge")  # one shape
-        shapes = tuple(tuple(leaf.shape) for leaf in leaves)
-        diffs = _block_differences(f, treedef, shapes, tuple(block), float(eps))(
-            leaves, flat, jnp.asarray(padded.reshape(n_chunks, width)), args)
-        diffs = np.asarray(diffs, np.float64).ravel()
-        start = 0
-        for j in block:
-            out[j][picked[j]] = diffs[start:start + picked[j].size]
-            start += picked[j].size
+    _check_leaves(f, leaves, treedef, tuple(args))
+    samples = samples_option(samples, "numerical_grad", auto=False)
+    picked = kernels.sample_coordinates(leaves, samples,
+                                        jax.random.PRNGKey(0) if key is None else key,
+                                        jax_choice=True)
+    diffs = coordinate_differences(f, leaves, treedef, picked, eps, args=args, chunk=chunk)
     return jax.tree_util.tree_unflatten(
-        treedef, [jnp.asarray(o.reshape(leaf.shape), leaf.dtype) for o, leaf in zip(out, leaves)])
+        treedef, [jnp.asarray(c, leaf.dtype) for (c, _, _), leaf in zip(diffs, leaves)])
 
 
 def directional_check(f, x, *, key, eps=1e-5, args=()):
@@ -161,22 +166,6 @@ def directional_check(f, x, *, key, eps=1e-5, args=()):
     fd = (f(unravel(flat + eps * v), *args) - f(unravel(flat - eps * v), *args)) / (2 * eps)
     _, exact = jax.jvp(lambda t: f(unravel(t), *args), (flat,), (v,))
     return float(fd), float(exact)
-
-
-def key_rng(key) -> np.random.Generator:
-    """A NumPy generator seeded by a JAX key: drawing with it compiles nothing (a jax.random
-    draw compiles a program per shape, ~1 s on a loaded machine: more than a check of a
-    small function takes)."""
-    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-
-
-def random_directions(key, leaf, k):
-    """k random unit directions (k,) + leaf.shape in leaf's dtype (normal, normalized);
-    key: a JAX key or a NumPy Generator."""
-    rng = key if isinstance(key, np.random.Generator) else key_rng(key)
-    v = rng.standard_normal((k,) + tuple(leaf.shape))
-    v /= np.sqrt(np.sum(v ** 2, axis=tuple(range(1, v.ndim)), keepdims=True))
-    return jnp.asarray(v, leaf.dtype)
 
 
 def projected_differences(f, leaves, which, directions, eps, *, args=(), compile=True):
@@ -202,9 +191,4 @@ def projected_differences(f, leaves, which, directions, eps, *, args=(), compile
 
     vs = [directions[j] for j in which]
     pairs, mid = (jax.jit(run) if compile else run)(leaves, vs, tuple(args))
-    mid = np.asarray(mid, np.float64)
-    result = []
-    for plus, minus in pairs:
-        plus, minus = np.asarray(plus, np.float64), np.asarray(minus, np.float64)
-        result.append(((plus - minus) / (2 * eps), (plus - mid) / eps, (mid - minus) / eps))
-    return result
+    return [kernels.differences(plus, minus, mid, eps) for plus, minus in pairs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FuncnetError
-from . import _probe
+from . import _probe, kernels
 from .report import GradientReport, leaf_row
 
 __all__ = ["check_backward"]
@@ -19,7 +19,8 @@ def check_backward(forward, backward, *inputs, seed=0, eps=1e-5, rtol=1e-5, atol
     computed with the NumPy forward in float64, coordinate by coordinate; inputs of more
     than `max_elements` elements are compared along `directions` random unit directions v
     (⟨grad, v⟩ vs (L(x + εv) − L(x − εv)) / 2ε). Integer inputs are constants (their
-    gradient, if any, is ignored). Never raises on a failed check unless
+    gradient, if any, is ignored). `seed` seeds a NumPy generator, the check's only random
+    source (dout, then the directions). Never raises on a failed check unless
     `raise_on_failure`; a wrong number or shape of gradients is a FuncnetError naming it.
     """
     where = "check_backward"
@@ -44,16 +45,14 @@ def check_backward(forward, backward, *inputs, seed=0, eps=1e-5, rtol=1e-5, atol
         if xs[i].size <= max_elements:
             num, fw, bw = _coordinate_differences(loss, xs, i, eps)
             rows.append(leaf_row(f"input{i}", [("backward", grads[i]), ("numerical", num)],
-                                 [(0, 1, rtol, floor)], _probe.kink_mask(fw, bw, floor)))
+                                 [(0, 1, rtol, floor)], kernels.kink_mask(fw, bw, floor)))
         else:
             exact, num = _projected(loss, xs, i, grads[i], eps, directions, rng)
             rows.append(leaf_row(f"input{i} (along {directions} random directions)",
                                  [("backward", exact), ("numerical", num)], [(0, 1, rtol, floor)]))
     report = GradientReport(rows, loss(xs), {"rtol": rtol, "atol": floor, "eps": eps},
                             columns=("backward/numerical", "-"), title="check_backward")
-    if raise_on_failure:
-        report.raise_if_failed()
-    return report
+    return report.finish(raise_on_failure)
 
 
 def _out(forward, xs, where):
@@ -91,9 +90,7 @@ def _coordinate_differences(loss, xs, i, eps):
             moved = x.copy()
             moved.flat[k] += sign * eps
             store[k] = loss(xs[:i] + [moved] + xs[i + 1:])
-    shape = x.shape
-    return ((plus - minus).reshape(shape) / (2 * eps), (plus - l0).reshape(shape) / eps,
-            (l0 - minus).reshape(shape) / eps)
+    return tuple(d.reshape(x.shape) for d in kernels.differences(plus, minus, l0, eps))
 
 
 def _projected(loss, xs, i, grad, eps, directions, rng):

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .kernels import excess as _excess
+
 __all__ = ["GradientRow", "GradientReport", "GradientCheckError"]
 
 
@@ -99,6 +101,11 @@ class GradientReport:
             raise GradientCheckError(str(self))
         return self
 
+    def finish(self, raise_on_failure: bool):
+        """The report, as every check returns it: raised as a GradientCheckError when it
+        failed and `raise_on_failure` is set."""
+        return self.raise_if_failed() if raise_on_failure else self
+
 
 class GradientCheckError(AssertionError):
     """A gradient check failed; the message is the report."""
@@ -109,13 +116,6 @@ def _close(a, b, rtol, atol):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     keep = ~(np.isnan(a) | np.isnan(b))
     return bool(np.all(np.abs(a - b)[keep] <= rtol * (np.abs(a) + np.abs(b))[keep] + atol))
-
-
-def _excess(a, b, rtol, atol):
-    """Per element, how far |a − b| exceeds its tolerance (<= 0 passes; NaN -> -inf)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    out = np.abs(a - b) - (rtol * (np.abs(a) + np.abs(b)) + atol)
-    return np.where(np.isnan(out), -np.inf, out)
 
 
 def _to64(tree):
