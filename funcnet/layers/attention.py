@@ -113,7 +113,7 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
         return dparams, dqkv @ params["w_qkv"].T
 
     return Layer(init, forward, backward, "self_attention", output_shape,
-                 decode=causal_decode(num_heads) if causal else None)
+                 decode=_causal_decode(num_heads) if causal else None)
 
 
 def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
@@ -145,7 +145,7 @@ def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
         dw = jnp.zeros_like(params["w"]).at[:dy.shape[1]].set(dy.sum(0).astype(params["w"].dtype))
         return {"w": dw}, dy
 
-    return Layer(init, forward, backward, "positional_embedding", output_shape, decode=POSITIONS)
+    return Layer(init, forward, backward, "positional_embedding", output_shape, decode=_POSITIONS)
 
 
 # Generation (fn.models.generate) runs a model one chunk of time steps at a time: the decode
@@ -153,7 +153,7 @@ def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
 # only, written out here in full rather than through the forward's helpers, so the forward
 # can change how it computes; the tests hold every step equal to the forward's rows.
 
-def causal_decode(num_heads: int) -> Decode:
+def _causal_decode(num_heads: int) -> Decode:
     """Causal self-attention with a key/value cache. The carry holds K and V, each (batch,
     heads, length, d_h); a chunk x at positions t … t + s − 1 writes its keys and values at
     rows t … t + s − 1, and its query at position p attends to rows ≤ p (later rows, written
@@ -202,4 +202,4 @@ def _add_positions(params, carry, x, t):
     return x + jax.lax.dynamic_slice_in_dim(params["w"], t, x.shape[1], axis=0), carry
 
 
-POSITIONS = Decode(_positions_fit, _add_positions)  # positional_embedding's decode rule
+_POSITIONS = Decode(_positions_fit, _add_positions)  # positional_embedding's decode rule
