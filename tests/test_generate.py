@@ -108,8 +108,10 @@ def test_the_program_compiles_once_and_is_reused_for_other_keys_and_temperatures
     model = fn.models.transformer(VOCAB, MAX_LEN, DIM, HEADS, 1)
     params, _ = random_params(model, (1, MAX_LEN), jnp.float32)
     k1, k2 = jax.random.split(jax.random.PRNGKey(5))
-    first = fn.models.generate(model, params, PROMPT, 6, key=k1, temperature=1.0)
-    size = gen._program._cache_size()
+    box = []
+    assert count_compiles(lambda: box.append(fn.models.generate(model, params, PROMPT, 6, key=k1,
+                                                                temperature=1.0))) == 1
+    first, size = box[0], gen._program._cache_size()
 
     def again():
         jax.block_until_ready(fn.models.generate(model, params, PROMPT, 6, key=k2, temperature=0.5))
