@@ -1,5 +1,7 @@
 """The manual reverse pass, and models whose jax.grad runs on the hand formulas."""
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from .core import Layer
 
@@ -19,25 +21,37 @@ def backprop(model: Layer, params, state, x, dy, *, train=False, key=None):
 def with_manual_grads(model: Layer) -> Layer:
     """The same model, but `jax.grad` (and jax.vjp) of its forward/apply uses the
     hand-derived `backward`, through `jax.custom_vjp`, so any jit-compiled training step can
-    run on the formulas. State and cache outputs carry no gradient."""
+    run on the formulas. State and cache outputs carry no gradient; the state and the key
+    are arguments of the custom rule (zero cotangents), not closed over, so the model also
+    differentiates from outside a `jax.jit` (`jax.grad(jax.jit(loss))`)."""
 
     def forward(params, state, x, *, train=False, key=None):
         @jax.custom_vjp
-        def run(params, x):
+        def run(params, x, state, key):
             return model.forward(params, state, x, train=train, key=key)
 
-        def run_fwd(params, x):
+        def run_fwd(params, x, state, key):
             out = model.forward(params, state, x, train=train, key=key)
-            return out, (params, out[2])
+            return out, (params, out[2], state, key)
 
         def run_bwd(residuals, cotangents):
-            params, cache = residuals
-            return model.backward(params, cache, cotangents[0])
+            params, cache, state, key = residuals
+            dparams, dx = model.backward(params, cache, cotangents[0])
+            return dparams, dx, _zero_cotangent(state), _zero_cotangent(key)
 
         run.defvjp(run_fwd, run_bwd)
-        return run(params, x)
+        return run(params, x, state, key)
 
     return model._replace(forward=forward)
+
+
+def _zero_cotangent(tree):
+    """Zeros shaped like `tree`: float0 for integer and key arrays, as JAX requires."""
+    def zero(a):
+        if jnp.issubdtype(a.dtype, jnp.inexact):
+            return jnp.zeros_like(a)
+        return np.zeros(np.shape(a), jax.dtypes.float0)
+    return jax.tree_util.tree_map(zero, tree)
 
 
 def jitted(model: Layer) -> Layer:

@@ -114,3 +114,22 @@ def test_with_manual_grads_keeps_forward_and_structure():
         for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s2)):
             np.testing.assert_array_equal(a, b)
         assert manual.name == model.name and manual.layers == model.layers
+
+
+def test_with_manual_grads_differentiates_from_outside_a_jit_too():
+    """jax.grad(jax.jit(loss)) as well as jax.jit(jax.grad(loss)): the custom rule takes the
+    state and the key as arguments (a rule closing over a jit's tracers cannot be
+    differentiated from outside it)."""
+    model = fn.with_manual_grads(fn.serial(fn.dense(3), fn.batch_norm(), fn.dropout(0.5), fn.tanh,
+                                           fn.dense(2)))
+    params, state = model.init(jax.random.PRNGKey(0), (4, 5))
+    x = jnp.arange(20.0).reshape(4, 5) / 10
+
+    def loss(p, s, k):
+        return jnp.sum(model.apply(p, s, x, train=True, key=k)[0] ** 2)
+
+    for key in (jax.random.PRNGKey(1), jax.random.key(1)):
+        inside = jax.jit(jax.grad(loss))(params, state, key)
+        outside = jax.grad(jax.jit(loss))(params, state, key)
+        for a, b in zip(jax.tree_util.tree_leaves(inside), jax.tree_util.tree_leaves(outside)):
+            np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -13,6 +13,8 @@ from .. import _random
 from .._validate import as_float, as_int, check, float_dtype, nonempty_shape
 from ..core import Decode, Layer, LayerError
 from ..initializers import _resolve, gaussian, glorot_uniform, zeros
+from .attention_blockwise import (accumulation_dtype, blockwise_attention,
+                                  blockwise_attention_backward, column_dropout_mask)
 
 __all__ = ["self_attention", "positional_embedding"]
 
@@ -38,12 +40,106 @@ def _merge_heads(a):
     return a.transpose(0, 2, 1, 3).reshape(b, t, n * dh)
 
 
+def _dot(spec, a, b, dtype):
+    """einsum(spec, a, b) accumulated in float32 when `dtype` is a 16-bit float (in `dtype`
+    itself otherwise), the result in the accumulation dtype."""
+    return jnp.einsum(spec, a, b, preferred_element_type=accumulation_dtype(dtype))
+
+
+def _project_qkv(params, x, num_heads):
+    """[q | k | v] = x W_qkv + b_qkv, each split into heads, in the compute dtype."""
+    dtype = jnp.result_type(x, params["w_qkv"])
+    d = params["w_o"].shape[0]
+    qkv = (_dot("btd,de->bte", x, params["w_qkv"], dtype) + params["b_qkv"]).astype(dtype)
+    return tuple(_split_heads(qkv[..., i * d:(i + 1) * d], num_heads) for i in range(3))
+
+
+def _projections_backward(params, cache, dy, dq, dk, dv):
+    """The two projections' backward, from the heads' gradients (accumulation dtype):
+    dW_o = Σ oᵀ dy,  db_o = Σ dy,  d[q|k|v] = the heads merged back,
+    dW_qkv = Σ xᵀ d[q|k|v],  db_qkv = Σ d[q|k|v],  dx = d[q|k|v] W_qkvᵀ
+    (Σ over batch and time, accumulated in float32 for 16-bit floats, cast back to each
+    parameter's dtype and to x's)."""
+    x, o = cache["x"], cache["o"]
+    dqkv = jnp.concatenate([_merge_heads(g) for g in (dq, dk, dv)], -1)
+    acc = dqkv.dtype
+    grads = {"w_qkv": _dot("btd,bte->de", x, dqkv, acc), "b_qkv": jnp.sum(dqkv, (0, 1)),
+             "w_o": _dot("btd,bte->de", o, dy, o.dtype), "b_o": jnp.sum(dy, (0, 1), dtype=acc)}
+    dparams = {n: g.astype(params[n].dtype) for n, g in grads.items()}
+    return dparams, _dot("bte,de->btd", dqkv, params["w_qkv"], acc).astype(x.dtype)
+
+
+def _plain_attention(causal, rate):
+    """(attend, attend_backward) of the plain form: the (T × T) probabilities A are cached."""
+
+    def attend(q, k, v, key):
+        """O = drop(A) v, A = softmax(q kᵀ/√d_h) (row max and sums in the accumulation
+        dtype); the cache keeps A and the dropout mask (drawn column by column, as the
+        blockwise form draws it)."""
+        b, h, t, dh = q.shape
+        s = _dot("bhqd,bhkd->bhqk", q, k, q.dtype) / math.sqrt(dh)
+        if causal:
+            s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+        a = jax.nn.softmax(s, axis=-1)
+        extras = {"a": a.astype(q.dtype)}
+        if key is not None:
+            extras["mask"] = column_dropout_mask(key, jnp.arange(t), (b, h, t), 1.0 - rate, q.dtype)
+            a = a * extras["mask"]
+        return _dot("bhqk,bhkd->bhqd", a, v, q.dtype), extras
+
+    def attend_backward(cache, do):
+        """With Ã = A ⊙ M the probabilities after dropout (M = mask / (1 − rate); 1 in
+        evaluation): dÃ = do vᵀ,  dv = Ãᵀ do,  dA = dÃ ⊙ M,
+        dS = A ⊙ (dA − rowsum(dA ⊙ A))   (the Jacobian diag(s) − s sᵀ of each row s, in
+        row form; masked entries have A = 0),  dq = dS k / √d_h,  dk = dSᵀ q / √d_h."""
+        q, k, v = cache["q"], cache["k"], cache["v"]
+        acc = do.dtype
+        a, mask = cache["a"].astype(acc), cache.get("mask")
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        da = _dot("bhqd,bhkd->bhqk", do, v, acc)
+        dv = _dot("bhqk,bhqd->bhkd", a if mask is None else a * mask, do, acc)
+        da = da if mask is None else da * mask
+        ds = a * (da - jnp.sum(da * a, axis=-1, keepdims=True))
+        return (_dot("bhqk,bhkd->bhqd", ds, k, acc) * scale,
+                _dot("bhqk,bhqd->bhkd", ds, q, acc) * scale, dv)
+
+    return attend, attend_backward
+
+
+def _blockwise_attention(causal, rate, block_size):
+    """(attend, attend_backward) of the blockwise form (attention_blockwise.py): the cache
+    keeps only the row logsumexp L (and the dropout key), O(T) beside q, k, v and o."""
+
+    def attend(q, k, v, key):
+        keep = 1.0 if key is None else 1.0 - rate
+        o, lse = blockwise_attention(q, k, v, causal=causal, block_size=block_size, keep=keep,
+                                     key=key)
+        return o, ({"lse": lse} if key is None else {"lse": lse, "key": key})
+
+    def attend_backward(cache, do):
+        key = cache.get("key")
+        keep = 1.0 if key is None else 1.0 - rate
+        q, k, v = cache["q"], cache["k"], cache["v"]
+        o = _split_heads(cache["o"], q.shape[1])
+        return blockwise_attention_backward(q, k, v, o, cache["lse"], do, causal=causal,
+                                            block_size=block_size, keep=keep, key=key)
+
+    return attend, attend_backward
+
+
 def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0,
-                   w_init=glorot_uniform) -> Layer:
+                   block_size=None, w_init=glorot_uniform) -> Layer:
     """y = concat_h(drop(softmax(q_h k_hᵀ / √d_h)) v_h) W_o + b_o, with [q | k | v] = x W_qkv +
     b_qkv (three consecutive dim-wide column blocks) and −∞ above the diagonal when `causal`.
     `drop` is inverted dropout at rate `dropout` on the attention probabilities in training
-    (GPT-2's attn_dropout; a key is needed then), the identity in evaluation.
+    (GPT-2's attn_dropout; a key is needed then), the identity in evaluation. Its mask's
+    column j (key position j) is bernoulli(fold_in(key, j), 1 − rate, (batch, heads, T)).
+
+    `block_size` (an int >= 1) runs the attention over key blocks of that size with an online
+    softmax and a backward that recomputes each block (flash attention,
+    attention_blockwise.py): the same outputs and gradients to round-off, dropout included,
+    with a cache of O(T·dim) (x, q, k, v, o and each row's logsumexp) instead of the plain
+    form's (heads · T²) probabilities and mask. Sums run in float32 for 16-bit inputs.
 
     Params {"w_qkv": (dim, 3·dim), "b_qkv": (3·dim,), "w_o": (dim, dim), "b_o": (dim,)};
     `num_heads` must divide dim (checked at init, when dim is known).
@@ -51,8 +147,12 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
     num_heads = as_int(num_heads, "num_heads", "self_attention")
     rate = as_float(dropout, "dropout (the probability of dropping)", "self_attention", low=0.0,
                     high=1.0, high_open=True)
+    if block_size is not None:
+        block_size = as_int(block_size, "block_size", "self_attention")
     w_init = _resolve(w_init, "self_attention", "w_init")
     shape_check = _sequence_shape("self_attention")
+    attend, attend_backward = (_plain_attention(causal, rate) if block_size is None
+                               else _blockwise_attention(causal, rate, block_size))
 
     def output_shape(shape):
         shape = shape_check(shape)
@@ -72,45 +172,21 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
         d = params["w_o"].shape[0]
         check(x.shape[2] == d, f"self_attention: expects dim {d} (w_o is {(d, d)}), got input "
               f"of shape {tuple(x.shape)}")
-        qkv = x @ params["w_qkv"] + params["b_qkv"]
-        q, k, v = (_split_heads(qkv[..., i * d:(i + 1) * d], num_heads) for i in range(3))
-        scores = q @ jnp.swapaxes(k, -1, -2) / math.sqrt(d // num_heads)
-        if causal:
-            t = x.shape[1]
-            scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
-        a = jax.nn.softmax(scores, axis=-1)
-        cache = {"x": x, "q": q, "k": k, "v": v, "a": a}
-        if train and rate > 0:
-            check(key is not None, "self_attention: dropout needs a PRNG key in training: pass "
-                  "key=... to apply/forward")
-            cache["mask"] = _random.bernoulli(key, 1.0 - rate, a.shape).astype(a.dtype) / (1.0 - rate)
-        o = _merge_heads((a * cache["mask"] if "mask" in cache else a) @ v)
-        cache["o"] = o
-        return o @ params["w_o"] + params["b_o"], state, cache
+        dropping = train and rate > 0
+        check(key is not None or not dropping, "self_attention: dropout needs a PRNG key in "
+              "training: pass key=... to apply/forward")
+        q, k, v = _project_qkv(params, x, num_heads)
+        o, extras = attend(q, k, v, key if dropping else None)
+        o = _merge_heads(o).astype(q.dtype)
+        y = _dot("btd,de->bte", o, params["w_o"], q.dtype) + params["b_o"]
+        return y.astype(q.dtype), state, {"x": x, "q": q, "k": k, "v": v, "o": o, **extras}
 
     def backward(params, cache, dy):
-        """With o the concatenated heads, S = q kᵀ/√d_h, A = softmax(S) row by row and
-        Ã = A ⊙ M the probabilities after dropout (M = mask / (1 − rate); M = 1 in evaluation):
-          dW_o = Σ oᵀ dy,  db_o = Σ dy,  do = dy W_oᵀ (split into heads)
-          dÃ = do vᵀ,  dv = Ãᵀ do,  dA = dÃ ⊙ M
-          dS = A ⊙ (dA − rowsum(dA ⊙ A))    (the Jacobian diag(s) − s sᵀ of each row s,
-                                             in row form; masked entries have A = 0)
-          dq = dS k / √d_h,  dk = dSᵀ q / √d_h
-          d[q|k|v] merged back; dW_qkv = Σ xᵀ d[q|k|v], db_qkv = Σ d[q|k|v],
-          dx = d[q|k|v] W_qkvᵀ."""
-        x, q, k, v, a, o = (cache[n] for n in ("x", "q", "k", "v", "a", "o"))
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        mask = cache.get("mask")
-        do = _split_heads(dy @ params["w_o"].T, num_heads)
-        da = do @ jnp.swapaxes(v, -1, -2)
-        dv = jnp.swapaxes(a if mask is None else a * mask, -1, -2) @ do
-        da = da if mask is None else da * mask
-        ds = a * (da - jnp.sum(da * a, axis=-1, keepdims=True))
-        dq, dk = ds @ k * scale, jnp.swapaxes(ds, -1, -2) @ q * scale
-        dqkv = jnp.concatenate([_merge_heads(g) for g in (dq, dk, dv)], -1)
-        dparams = {"w_qkv": jnp.einsum("btd,bte->de", x, dqkv), "b_qkv": dqkv.sum((0, 1)),
-                   "w_o": jnp.einsum("btd,bte->de", o, dy), "b_o": dy.sum((0, 1))}
-        return dparams, dqkv @ params["w_qkv"].T
+        """do = dy W_oᵀ split into heads; the attention's backward (the plain form's or the
+        blockwise one's) gives dq, dk, dv; then the projections' (_projections_backward)."""
+        do = _split_heads(_dot("bte,de->btd", dy, params["w_o"], cache["o"].dtype), num_heads)
+        dq, dk, dv = attend_backward(cache, do)
+        return _projections_backward(params, cache, dy, dq, dk, dv)
 
     return Layer(init, forward, backward, "self_attention", output_shape,
                  decode=_causal_decode(num_heads) if causal else None)

@@ -134,3 +134,15 @@ def test_dropout_on_the_probabilities_three_ways_and_none_in_evaluation():
     with pytest.raises(fn.LayerError, match=r"self_attention: dropout \(the probability of "
                                             r"dropping\) must be in \[0, 1\), got 1"):
         fn.self_attention(2, dropout=1)
+
+
+def test_dropout_mask_column_j_is_drawn_from_the_key_folded_with_j():
+    # the blockwise form regenerates a block's columns this way, so both forms drop alike
+    layer = fn.self_attention(2, dropout=0.25)
+    key = jax.random.PRNGKey(4)
+    params, state = layer.init(jax.random.PRNGKey(0), (2, 5, 4))
+    forward = jax.jit(lambda x, key: layer.forward(params, state, x, train=True, key=key)[2])
+    mask = np.asarray(forward(jnp.ones((2, 5, 4)), key)["mask"])
+    for j in range(5):
+        keep = jax.random.bernoulli(jax.random.fold_in(key, j), 0.75, (2, 2, 5))
+        np.testing.assert_array_equal(mask[..., j], np.asarray(keep, np.float32) / 0.75)
