@@ -65,15 +65,23 @@ def test_greedy_is_the_full_forward_argmax_at_every_step(build):
     assert len(set(ids[:, 3:].ravel())) > 1 and (ids[0, 3:] != ids[1, 3:]).any()  # not constant
 
 
-def test_each_chunk_equals_the_forward_rows_and_the_shared_head_is_filled():
+def blockwise():
+    """A one-block causal model whose attention runs by key blocks (flash attention)."""
+    return fn.serial(fn.embedding(VOCAB, DIM), fn.positional_embedding(MAX_LEN),
+                     fn.residual(fn.layer_norm(), fn.self_attention(HEADS, causal=True, block_size=2)),
+                     fn.layer_norm(), fn.time_distributed(fn.dense(VOCAB)))
+
+
+@pytest.mark.parametrize("build", [tied_gpt2, blockwise], ids=["gpt2", "blockwise"])
+def test_each_chunk_equals_the_forward_rows(build):
     """Prefill 2 positions, then a chunk of 3 and one of 1: the carried caches give each
     chunk's logits, row for row, as the full forward over 6 ids (float64, 1e-12). The
     tied model holds None for its head, filled from the token table while walking."""
-    model = tied_gpt2()
+    model = build()
     ids = np.array([[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 5, 8]], np.int32)
     with jax.enable_x64(True):
         params, state = random_params(model, (1, MAX_LEN), jnp.float64)
-        assert params[-1]["w"] is None
+        assert build is blockwise or params[-1]["w"] is None
 
         @jax.jit
         def chunks_and_forward(params, ids):

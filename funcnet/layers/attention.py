@@ -225,9 +225,9 @@ def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
 
 
 # Generation (fn.models.generate) runs a model one chunk of time steps at a time: the decode
-# rules of the two time-mixing layers above (see `core.Decode`). They read the layers' params
-# only, written out here in full rather than through the forward's helpers, so the forward
-# can change how it computes; the tests hold every step equal to the forward's rows.
+# rules of the two time-mixing layers above (see `core.Decode`), on the forward's helpers
+# (projections, sums in float32 for 16-bit floats); the tests hold every step equal to the
+# forward's rows.
 
 def _causal_decode(num_heads: int) -> Decode:
     """Causal self-attention with a key/value cache. The carry holds K and V, each (batch,
@@ -237,31 +237,30 @@ def _causal_decode(num_heads: int) -> Decode:
 
         y_p = concat_h(softmax(q_p K_hᵀ / √d_h + mask_p) V_h) W_o + b_o
 
-    Attention dropout is the identity (generation is evaluation)."""
+    The plain form whatever `block_size` (a chunk's scores are (s × length), small when s is
+    1); attention dropout is the identity (generation is evaluation)."""
     return Decode(functools.partial(_kv_buffers, num_heads), functools.partial(_attend_cached, num_heads))
 
 
 def _kv_buffers(num_heads, params, x, length):
-    """Zero K and V buffers (batch, heads, length, d_h) in the dtype x W_qkv has."""
+    """Zero K and V buffers (batch, heads, length, d_h) in the compute dtype."""
     d = params["w_o"].shape[0]
-    dtype = jnp.result_type(x.dtype, params["w_qkv"].dtype)
     shape = (x.shape[0], num_heads, length, d // num_heads)
+    dtype = jnp.result_type(x, params["w_qkv"])
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
 def _attend_cached(num_heads, params, carry, x, t):
     """The chunk's outputs (batch, s, dim) and the buffers with its keys and values written."""
-    (b, s, d), dh = x.shape, x.shape[2] // num_heads
-    qkv = x @ params["w_qkv"] + params["b_qkv"]
-    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(b, s, num_heads, dh).transpose(0, 2, 1, 3)
-               for i in range(3))
-    keys = jax.lax.dynamic_update_slice_in_dim(carry["k"], k.astype(carry["k"].dtype), t, axis=2)
-    values = jax.lax.dynamic_update_slice_in_dim(carry["v"], v.astype(carry["v"].dtype), t, axis=2)
-    scores = q @ jnp.swapaxes(keys, -1, -2) / math.sqrt(dh)             # (b, h, s, length)
-    seen = jnp.arange(keys.shape[2])[None, :] <= t + jnp.arange(s)[:, None]
+    q, k, v = _project_qkv(params, x, num_heads)                       # (b, h, s, d_h)
+    keys = jax.lax.dynamic_update_slice_in_dim(carry["k"], k, t, axis=2)
+    values = jax.lax.dynamic_update_slice_in_dim(carry["v"], v, t, axis=2)
+    scores = _dot("bhqd,bhkd->bhqk", q, keys, q.dtype) / math.sqrt(q.shape[-1])
+    seen = jnp.arange(keys.shape[2])[None, :] <= t + jnp.arange(q.shape[2])[:, None]
     a = jax.nn.softmax(jnp.where(seen, scores, -jnp.inf), axis=-1)
-    o = (a @ values).transpose(0, 2, 1, 3).reshape(b, s, d)
-    return o @ params["w_o"] + params["b_o"], {"k": keys, "v": values}
+    o = _merge_heads(_dot("bhqk,bhkd->bhqd", a, values, q.dtype)).astype(q.dtype)
+    y = _dot("btd,de->bte", o, params["w_o"], q.dtype) + params["b_o"]
+    return y.astype(q.dtype), {"k": keys, "v": values}
 
 
 def _positions_fit(params, x, length):
