@@ -17,22 +17,34 @@ Each function returns a plain `serial` (a Layer); nothing here is special to the
   h to a dense layer of logits (e.g. MNIST read row by row, 28 steps of 28 pixels).
 - `transformer(vocab_size, max_len, dim, num_heads, depth)`: a decoder-only (GPT-style)
   language model, token ids (batch, time) in, next-token logits (batch, time, vocab) out.
+- `gpt2(vocab_size, max_len, dim, num_heads, depth, *, dropout=0.0)`: GPT-2 exactly as
+  published (tied output table, tanh GELU, its dropout and init), with
+  `gpt2_params_from_hf` / `gpt2_params_to_hf` converting to and from Hugging Face's names.
 
 `fc` and `mlp` flatten their input first, so they take images or feature vectors alike.
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Sequence
 
-from ._validate import as_int
+import jax.numpy as jnp
+import numpy as np
+
+from ._validate import as_float, as_int, check, float_dtype
 from .combinators import residual, time_distributed
-from .core import LayerError, serial
+from .core import POINTWISE, Layer, LayerError, serial
+from .errors import FuncnetError
+from .generate import generate as generate  # fn.models.generate (a re-export)
 from .initializers import gaussian, he
-from .layers import (batch_norm, conv2d, dense, dropout, embedding, flatten, gelu,
+from .layers import (batch_norm, conv2d, dense, dropout, embedding, flatten, gelu, gelu_tanh,
                      global_avg_pool, layer_norm, lstm, max_pool, positional_embedding, relu,
                      self_attention)
+from .sharing import share
 
-__all__ = ["lenet", "fc", "mlp", "resnet", "lstm_classifier", "transformer", "MODELS", "build"]
+__all__ = ["lenet", "fc", "mlp", "resnet", "lstm_classifier", "transformer", "gpt2",
+           "gpt2_params_from_hf", "gpt2_params_to_hf", "MODELS", "build"]
 
 
 def _check_classes(num_classes, where) -> int:
@@ -166,3 +178,222 @@ def transformer(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: 
                    residual(layer_norm(), time_distributed(dense(mlp_ratio * dim)), gelu,
                             time_distributed(dense(dim)))]
     return serial(*layers, layer_norm(), time_distributed(dense(vocab_size)))
+
+
+# ----------------------------------------------------------------------------- GPT-2
+
+_GPT2_STD = 0.02  # GPT-2's initializer_range: every weight matrix and both tables
+
+
+def gpt2(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int, *,
+         dropout: float = 0.0, mlp_ratio: int = 4, attention_block_size=None) -> Layer:
+    """GPT-2 as published (Radford et al. 2019; Hugging Face's `GPT2LMHeadModel`): token ids
+    (batch, T ≤ max_len) in, logits (batch, T, vocab_size) out.
+
+        h = drop(W_te[ids] + W_pe[:T])
+        depth × [ h = h + drop(attn(ln_1(h)))                       causal, attention
+                                                                    probabilities dropped too
+                  h = h + drop(c_proj(gelu_tanh(c_fc(ln_2(h))))) ]  dim -> mlp_ratio·dim -> dim
+        logits = ln_f(h) W_teᵀ                                      the token table, no bias
+
+    `drop` is inverted dropout at rate `dropout` in training (GPT-2's embd, attn and resid
+    pdrop, one rate), the identity in evaluation; the layers are there at rate 0 too, so the
+    params' layout does not depend on the rate. Init as GPT-2: N(0, 0.02²) for both tables
+    and every weight matrix, except each branch's output projection (attention w_o, the
+    MLP's c_proj), N(0, (0.02/√(2·depth))²) so the residual stream's variance does not grow
+    with depth; biases 0, layer norms γ = 1, β = 0 (ε = 1e-5).
+
+    The output layer reads the token table through `fn.share` (its own entry is None), so
+    the table's gradient is the sum of its two uses. Params, a tuple:
+        [0] {"w": W_te (vocab, dim)}   [1] {"w": W_pe (max_len, dim)}   [2] {} (dropout)
+        [3 + i] block i: (attention residual, MLP residual), each ({}, (branch, {}), {})
+                with branch (ln {"gamma", "beta"}, self_attention {"w_qkv", "b_qkv", "w_o",
+                "b_o"}, {}) and (ln, c_fc {"w", "b"}, {}, c_proj {"w", "b"}, {})
+        [3 + depth] ln_f {"gamma", "beta"}   [4 + depth] {"w": None} (the tied head)
+    `gpt2_params_from_hf` / `gpt2_params_to_hf` map these to Hugging Face's names.
+    `attention_block_size` is passed on to `self_attention(..., block_size=)`: blockwise
+    ("flash") attention, the same outputs and gradients in O(T·dim) memory per layer.
+    """
+    where = "gpt2"
+    vocab_size = as_int(vocab_size, "vocab_size", where, minimum=2)
+    max_len = as_int(max_len, "max_len", where)
+    dim = as_int(dim, "dim", where)
+    num_heads = as_int(num_heads, "num_heads", where)
+    depth = as_int(depth, "depth", where)
+    mlp_ratio = as_int(mlp_ratio, "mlp_ratio", where)
+    rate = as_float(dropout, "dropout (the probability of dropping)", where, low=0.0, high=1.0,
+                    high_open=True)
+    if dim % num_heads:
+        raise LayerError(f"gpt2: num_heads={num_heads} must divide dim={dim}")
+    blocks = [_gpt2_block(dim, num_heads, mlp_ratio, rate, depth, attention_block_size)
+              for _ in range(depth)]
+    body = serial(embedding(vocab_size, dim, w_init=gaussian(_GPT2_STD)),
+                  positional_embedding(max_len, w_init=gaussian(_GPT2_STD)), _dropout(rate),
+                  *blocks, layer_norm(), _tied_head(vocab_size))
+    return share(body, {f"{depth + 4}:lm_head/w": "0:embedding/w"})._replace(name="gpt2")
+
+
+_dropout = dropout  # gpt2's keyword `dropout` shadows the layer inside it
+
+
+def _gpt2_block(dim, num_heads, mlp_ratio, rate, depth, block_size) -> Layer:
+    """x + drop(attn(ln_1(x))), then x + drop(c_proj(gelu_tanh(c_fc(ln_2(x))))); each
+    branch's output projection starts at N(0, (0.02/√(2·depth))²)."""
+    proj_std = _GPT2_STD / math.sqrt(2 * depth)
+    attn = self_attention(num_heads, causal=True, dropout=rate, block_size=block_size,
+                          w_init=gaussian(_GPT2_STD))
+    attn = _rescaled_init(attn, "w_o", proj_std / _GPT2_STD)
+    mlp = (time_distributed(dense(mlp_ratio * dim, w_init=gaussian(_GPT2_STD))), gelu_tanh,
+           time_distributed(dense(dim, w_init=gaussian(proj_std))))
+    return serial(residual(layer_norm(), attn, _dropout(rate)),
+                  residual(layer_norm(), *mlp, _dropout(rate)))._replace(name="gpt2_block")
+
+
+def _rescaled_init(layer: Layer, leaf: str, factor: float) -> Layer:
+    """`layer` whose init multiplies its params[leaf] by `factor` (a N(0, s²) draw becomes
+    N(0, (factor·s)²)): self_attention has one w_init for both of its matrices."""
+    def init(key, input_shape, dtype=None):
+        params, state = layer.init(key, input_shape) if dtype is None else \
+            layer.init(key, input_shape, dtype)
+        return {**params, leaf: params[leaf] * factor}, state
+
+    return layer._replace(init=init)
+
+
+def _tied_head(vocab_size: int) -> Layer:
+    """logits = h Wᵀ over the last axis, no bias: params {"w": (vocab_size, dim)}, laid out
+    as the token table so `fn.share` can hand it that table (which is why it starts at zeros:
+    the tie replaces it)."""
+    def output_shape(shape):
+        check(len(shape) >= 2, f"lm_head expects (batch, ..., dim), got shape {tuple(shape)}")
+        return tuple(shape[:-1]) + (vocab_size,)
+
+    def init(key, input_shape, dtype=None):
+        output_shape(input_shape)
+        return {"w": jnp.zeros((vocab_size, input_shape[-1]), float_dtype(dtype))}, {}
+
+    def forward(params, state, x, *, train=False, key=None):
+        output_shape(tuple(x.shape))
+        w = params["w"]
+        check(x.shape[-1] == w.shape[1], f"lm_head: expects dim {w.shape[1]} (w is "
+              f"{tuple(w.shape)}), got input of shape {tuple(x.shape)}")
+        return x @ w.T, state, {"x": x}
+
+    def backward(params, cache, dy):
+        """For z = h Wᵀ (W the (vocab, dim) table):  dW = Σ_positions dyᵀ h,  dh = dy W."""
+        x = cache["x"]
+        dw = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        return {"w": dw}, dy @ params["w"]
+
+    return Layer(init, forward, backward, "lm_head", output_shape, decode=POINTWISE)
+
+
+# Hugging Face GPT2LMHeadModel names <-> gpt2's params. Conv1D weights are (in, out), as
+# funcnet's dense, and c_attn's columns are [q | k | v] with head h at columns h·d_h … as in
+# self_attention, so every tensor is copied as it is.
+_HF_TIED = "lm_head.weight"
+_HF_BUFFERS = re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)$")  # causal masks
+_HF_BLOCK = re.compile(r"transformer\.h\.(\d+)\.")
+
+
+def _gpt2_places(depth: int) -> list:
+    """(HF name, key path into gpt2's params) for every parameter, in the order of
+    `GPT2LMHeadModel.named_parameters()` (which lists the tied lm_head.weight no more)."""
+    places = [("transformer.wte.weight", (0, "w")), ("transformer.wpe.weight", (1, "w"))]
+    for i in range(depth):
+        h, attn, mlp = f"transformer.h.{i}.", (3 + i, 0, 1, 0), (3 + i, 1, 1, 0)
+        for name, branch, path in (
+                ("ln_1.weight", attn, (0, "gamma")), ("ln_1.bias", attn, (0, "beta")),
+                ("attn.c_attn.weight", attn, (1, "w_qkv")), ("attn.c_attn.bias", attn, (1, "b_qkv")),
+                ("attn.c_proj.weight", attn, (1, "w_o")), ("attn.c_proj.bias", attn, (1, "b_o")),
+                ("ln_2.weight", mlp, (0, "gamma")), ("ln_2.bias", mlp, (0, "beta")),
+                ("mlp.c_fc.weight", mlp, (1, "w")), ("mlp.c_fc.bias", mlp, (1, "b")),
+                ("mlp.c_proj.weight", mlp, (3, "w")), ("mlp.c_proj.bias", mlp, (3, "b"))):
+            places.append((h + name, branch + path))
+    return places + [("transformer.ln_f.weight", (3 + depth, "gamma")),
+                     ("transformer.ln_f.bias", (3 + depth, "beta"))]
+
+
+def _gpt2_depth(params, where: str) -> int:
+    """The depth of gpt2 params (a tuple: 2 tables, dropout, the blocks, ln_f, the head),
+    or a FuncnetError saying what came instead."""
+    if not (isinstance(params, (tuple, list)) and len(params) >= 6
+            and isinstance(params[0], dict) and "w" in params[0]):
+        kind = f"a {type(params).__name__}" + (f" of {len(params)} entries"
+                                               if isinstance(params, (tuple, list)) else "")
+        raise FuncnetError(f"{where}: expects the params of fn.models.gpt2 (a tuple: tables, "
+                           f"dropout, blocks, ln_f, head), got {kind}")
+    return len(params) - 5
+
+
+def _at(tree, path, where):
+    for k in path:
+        try:
+            tree = tree[k]
+        except (KeyError, IndexError, TypeError):
+            raise FuncnetError(f"{where}: the params do not have gpt2's layout (nothing at "
+                               f"{path})") from None
+    return tree
+
+
+def _replace_at(tree, path, value):
+    """A copy of the nested tuples/dicts `tree` with the entry at `path` replaced."""
+    if not path:
+        return value
+    k, rest = path[0], path[1:]
+    if isinstance(tree, dict):
+        return {**tree, k: _replace_at(tree[k], rest, value)}
+    return type(tree)(_replace_at(t, rest, value) if i == k else t for i, t in enumerate(tree))
+
+
+def gpt2_params_to_hf(params) -> dict:
+    """{Hugging Face name: array} for gpt2's params, exactly `GPT2LMHeadModel.
+    named_parameters()`'s names, order and layouts (no lm_head.weight: HF ties it to
+    transformer.wte.weight). The arrays are the params' own (no copy, works under jit).
+    Given a gradient pytree, each tensor's gradient by HF name: the token table's is the
+    sum of its two uses, as fn.share's backward and jax.grad both give it."""
+    depth = _gpt2_depth(params, "gpt2_params_to_hf")
+    return {name: _at(params, path, "gpt2_params_to_hf") for name, path in _gpt2_places(depth)}
+
+
+def gpt2_params_from_hf(state_dict, like):
+    """gpt2's params with every tensor from a Hugging Face `GPT2LMHeadModel` state dict
+    (NumPy arrays or torch tensors), in the structure, shapes and dtypes of `like` (params
+    from `gpt2(...).init`, or their `jax.eval_shape`). The tied lm_head.weight (which must
+    equal transformer.wte.weight) and the attention mask buffers may be present. A missing,
+    mis-shaped or unexpected tensor, or a state dict for another depth, is a FuncnetError
+    naming it (and both shapes)."""
+    where = "gpt2_params_from_hf"
+    depth = _gpt2_depth(like, where)
+    blocks = {int(m.group(1)) for name in state_dict if (m := _HF_BLOCK.match(name))}
+    if blocks and max(blocks) + 1 != depth:
+        raise FuncnetError(f"{where}: the state dict has {max(blocks) + 1} blocks (transformer.h."
+                           f"0 … h.{max(blocks)}), the model depth={depth}")
+    places = dict(_gpt2_places(depth))
+    for name in state_dict:
+        if name not in places and name != _HF_TIED and not _HF_BUFFERS.match(name):
+            raise FuncnetError(f"{where}: unexpected tensor {name!r} in the state dict (gpt2 of "
+                               f"depth {depth} has none by that name)")
+    params = like
+    for name, path in places.items():
+        leaf = _at(like, path, where)
+        if name not in state_dict:
+            raise FuncnetError(f"{where}: the state dict has no tensor {name!r} (the model "
+                               f"expects shape {tuple(leaf.shape)})")
+        value = _as_numpy(state_dict[name])
+        if value.shape != tuple(leaf.shape):
+            raise FuncnetError(f"{where}: {name!r} has shape {value.shape}, the model expects "
+                               f"{tuple(leaf.shape)}")
+        params = _replace_at(params, path, jnp.asarray(value, dtype=leaf.dtype))
+    if _HF_TIED in state_dict and not np.array_equal(_as_numpy(state_dict[_HF_TIED]),
+                                                     _as_numpy(state_dict["transformer.wte.weight"])):
+        raise FuncnetError(f"{where}: {_HF_TIED!r} differs from 'transformer.wte.weight'; "
+                           f"gpt2 ties its output layer to the token table")
+    return params
+
+
+def _as_numpy(value):
+    """A NumPy array of a NumPy array, a JAX array or a torch tensor (detached, on the CPU)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from .._validate import as_float
-from ..core import Layer
+from ..core import POINTWISE, Layer
 
 __all__ = ["relu", "sigmoid", "tanh", "sign", "identity", "gelu", "gelu_tanh", "softplus",
            "elu", "leaky_relu", "softmax", "log_softmax"]
@@ -37,7 +37,7 @@ def _elementwise(name, f, derivative):
         return {}, dy * derivative(cache)
 
     backward.__doc__ = f"{f.__doc__}\n{derivative.__doc__}"
-    return Layer(_no_params, forward, backward, name, _same_shape)
+    return Layer(_no_params, forward, backward, name, _same_shape, decode=POINTWISE)
 
 
 def _relu(x):
@@ -190,7 +190,8 @@ def _softmax_backward(params, cache, dy):
     return {}, s * (dy - jnp.sum(dy * s, axis=-1, keepdims=True))
 
 
-softmax = Layer(_no_params, _softmax_forward, _softmax_backward, "softmax", _same_shape)
+softmax = Layer(_no_params, _softmax_forward, _softmax_backward, "softmax", _same_shape,
+                decode=POINTWISE)
 
 
 def _log_softmax_forward(params, state, x, *, train=False, key=None):
@@ -204,4 +205,4 @@ def _log_softmax_backward(params, cache, dy):
 
 
 log_softmax = Layer(_no_params, _log_softmax_forward, _log_softmax_backward, "log_softmax",
-                    _same_shape)
+                    _same_shape, decode=POINTWISE)

@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 
 from .._validate import as_float, check, float_dtype
-from ..core import Layer
+from ..core import POINTWISE, Layer
 from ..ops import normalize_backward
 
 __all__ = ["layer_norm"]
@@ -44,4 +44,4 @@ def layer_norm(eps=1e-5) -> Layer:
         dparams = {"gamma": jnp.sum(dy * x_hat, axes), "beta": jnp.sum(dy, axes)}
         return dparams, normalize_backward(dy * params["gamma"], x_hat, inv_std, -1)
 
-    return Layer(init, forward, backward, "layer_norm", output_shape)
+    return Layer(init, forward, backward, "layer_norm", output_shape, decode=POINTWISE)
