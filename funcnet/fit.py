@@ -76,7 +76,7 @@ class History(list):
     holds every step's training loss of this call (not of the steps before a resume). A run
     stopped mid-epoch by the `steps` budget ends with a row marked "partial": True. With
     loss scaling each row has "skipped", the number of its steps skipped for non-finite
-    gradients (whose non-finite losses, if any, are left out of train_loss).
+    gradients (a non-finite loss stops the run, as without scaling).
     """
 
     def __init__(self, rows=()):
@@ -331,8 +331,10 @@ def _finite_tree(tree) -> bool:
 class _Metrics:
     """The steps' metrics, left on the device until `drain` fetches them in one transfer
     (the loop's only host syncs); then summed into the epoch's row and `step_losses`.
-    With loss scaling (`scaled`) each row counts its skipped steps, and a skipped step's
-    non-finite loss (its state unchanged) does not stop the run or enter the mean."""
+    With loss scaling (`scaled`) each row counts its skipped steps (gradients that overflowed
+    the compute dtype: the loss scale halves and the state stays). A non-finite *loss* stops
+    the run all the same, skipped or not: the forward pass itself overflowed, which no loss
+    scale can mend, and skipping it would skip every step from then on."""
 
     def __init__(self, history, sums, bar, checkpoints, steps_per_epoch, scaled=False):
         self.history, self.sums, self.bar = history, sums, bar
@@ -356,14 +358,13 @@ class _Metrics:
         fetched = jax.device_get([m for *_, m in ready])
         for (step, epoch, batch, _), m in zip(ready, fetched):
             value, skipped = float(m["loss"]), int(m.get("skipped", 0))
-            if not math.isfinite(value) and not skipped:
+            if not math.isfinite(value):
                 self._stop(value, step, epoch, batch)
             self.history.step_losses.append(value)
             self.sums["skipped"] += skipped
-            if math.isfinite(value):
-                self.sums["loss"] += value
-                self.sums["accuracy"] += float(m.get("accuracy", 0.0))
-                self.sums["count"] += 1
+            self.sums["loss"] += value
+            self.sums["accuracy"] += float(m.get("accuracy", 0.0))
+            self.sums["count"] += 1
         if self.bar is not None:
             self.bar.update(len(ready))
             post = {"epoch": ready[-1][1] + 1, "loss": f"{float(fetched[-1]['loss']):.4f}"}

@@ -335,3 +335,15 @@ def test_train_does_not_import_fit():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr[-3000:]
 
+
+
+def test_a_forward_that_overflows_float16_stops_the_run_even_with_loss_scaling():
+    """Skipping is for gradients that overflow; a loss that is itself infinite (the forward
+    overflowed, whatever the scale) stops the run and names the step, as without scaling."""
+    x = np.full((8, 3), 60000.0, np.float32)  # x @ w overflows float16's 65504
+    y = np.arange(8, dtype=np.int32) % 2
+    model = fn.serial(fn.dense(2, w_init=fn.initializers.ones))
+    stop = r"the training loss became (inf|nan) at step 1 \(epoch 1, batch 1"
+    with pytest.raises(train.NonFiniteLossError, match=stop):
+        train.fit(model, optax.sgd(0.1), (x, y), epochs=2, batch_size=4, key=KEY, progress=False,
+                  compute_dtype=jnp.float16, loss_scale="dynamic")
