@@ -142,16 +142,16 @@ def _vjp_report(f, reference, leaves, rebuild, names, settings):
         g, leaves, big, settings, kernels.stream(key, kernels.DIRECTIONS), v.rule, v.ref))
     scale = _probe.scale(v.cts, v.out)
     floor = settings.floor(scale)
-    refined = _refine(g, leaves, diffs, v.rule, settings, floor, scale)
     rows = []
-    for j, (name, triple, (num, unsure)) in enumerate(zip(names, diffs, refined)):
+    for j, (name, triple) in enumerate(zip(names, diffs)):
         if j in projected:
             rows.append(_projected_row(name, leaves, j, projected[j], v, g, settings, floor, scale))
             continue
         computed = np.zeros(leaves[j].size, bool)
         computed[picked[j]] = True
-        rows.append(_coordinate_row(name, triple, num, unsure, ~computed.reshape(leaves[j].shape),
-                                    v, j, settings.rtol, floor))
+        judged = _judged(g, leaves, j, triple, v.rule, settings, floor, scale)
+        rows.append(_coordinate_row(name, judged, ~computed.reshape(leaves[j].shape), v, j,
+                                    settings.rtol, floor))
     extra, notes = _consistency(v, leaves, names, settings, floor)
     return GradientReport(rows + extra, float(mid[0]), {"rtol": settings.rtol, "atol": floor,
                                                         "eps": settings.eps},
@@ -159,33 +159,30 @@ def _vjp_report(f, reference, leaves, rebuild, names, settings):
                           columns=("rule/numerical", "rule/reference"), title="check_vjp")
 
 
-def _refine(g, leaves, diffs, rule, settings, floor, scale):
-    """Per leaf (numerical, unreliable), each (K,) + shape: the failing elements (a few,
-    not at a kink) differenced again at ε/2, their numerical values replaced by the
-    Richardson estimate and those whose error bar exceeds the tolerance marked."""
-    eps, rtol = settings.eps, settings.rtol
-    exact = [np.stack([np.asarray(r[j], np.float64) for r in rule]) for j in range(len(leaves))]
-    again = []
-    for j, (num, fw, bw) in enumerate(diffs):
-        kinks = np.broadcast_to(np.any(kernels.kink_mask(fw, bw, floor), axis=0), num.shape)
-        again.append(np.unique(recheck.failing(exact[j], num, kinks, rtol, floor) % max(leaves[j].size, 1)))
-    if not any(a.size for a in again):
-        return [(num, np.zeros(num.shape, bool)) for num, _, _ in diffs]
-    fine, _ = _probe.differences(g, leaves, again, eps / 2)
-    return [recheck.refine(exact[j], diffs[j][0], fine[j][0], rtol, floor, eps, scale)
-            for j in range(len(leaves))]
+def _judged(g, leaves, j, triple, rule, settings, floor, scale) -> recheck.Verdicts:
+    """Leaf j's elements judged (recheck.judge), all cotangents at once ((K,) + shape):
+    the few failing ones differenced again at ε/2, kinks and unreliable ones marked."""
+    num, fw, bw = triple
+    exact = np.stack([np.asarray(r[j], np.float64) for r in rule])
+
+    def fine(mask):
+        coords = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=0))
+        picked = [coords if i == j else np.zeros(0, int) for i in range(len(leaves))]
+        return _probe.differences(g, leaves, picked, settings.eps / 2)[0][j][0]
+
+    return recheck.judge(exact, num, fw, bw, settings.rtol, floor, settings.eps, fine,
+                         scale=scale)
 
 
-def _coordinate_row(name, triple, num, unsure, unsampled, v, j, rtol, floor):
+def _coordinate_row(name, judged, unsampled, v, j, rtol, floor):
     """Leaf j's row, element by element: per cotangent, rule vs the differences (and vs the
-    reference); elements at a kink excused; the first failing cotangent's row, else the
-    first with unreliable elements, else the first."""
-    _, fw, bw = triple
-    kinks = np.any(kernels.kink_mask(fw, bw, floor), axis=0)
+    reference); elements at a kink (for any cotangent) excused; the first failing
+    cotangent's row, else the first with unreliable elements, else the first."""
+    kinks = np.any(judged.kinks, axis=0)
     rows = []
     for i in range(len(v.rule)):
-        named = [("rule", v.rule[i][j]), ("numerical", num[i])]
-        comps = [Comparison(0, 1, rtol, floor, skip=unsampled, unreliable=unsure[i])]
+        named = [("rule", v.rule[i][j]), ("numerical", judged.num[i])]
+        comps = [Comparison(0, 1, rtol, floor, skip=unsampled, unreliable=judged.unreliable[i])]
         if v.ref is not None:
             named.append(("reference", v.ref[i][j]))
             comps.append(Comparison(0, 2, REFERENCE_RTOL, floor * 1e-3))

@@ -116,20 +116,22 @@ def _hvp_rows(report, second, v, d):
 
 def _refine(second, v, hv, nums):
     """(nums, unreliable) per leaf: when a few elements fail, the gradient differenced again
-    along v at ε/2 gives each an error bar (recheck.refine)."""
+    along v at ε/2 gives each an error bar (recheck.judge; no one-sided differences here,
+    so no kinks)."""
     eps, rtol, floor = second.settings.eps, second.settings.rtol, second.floor
-    bad = [recheck.failing(h, n, None, rtol, floor) for h, n in zip(hv, nums)]
-    if not any(b.size for b in bad):
-        return nums, [None] * len(nums)
-    half = eps / 2
-    plus = second.grad([x + half * t for x, t in zip(second.leaves, v)])
-    minus = second.grad([x - half * t for x, t in zip(second.leaves, v)])
-    out = []
-    for h, n, p, m, g, b in zip(hv, nums, plus, minus, second.g0, bad):
-        fine = np.full(np.shape(n), np.nan)
-        fine.flat[b] = kernels.differences(p, m, g, half)[0].ravel()[b]
-        out.append(recheck.refine(h, n, fine, rtol, floor, eps, _finite_max(g)))
-    return [o[0] for o in out], [o[1] for o in out]
+    fine = []  # the gradient at x ± (ε/2) v, computed on first need
+
+    def at_half(j, mask):
+        if not fine:
+            fine.extend(second.grad([x + s * eps / 2 * t for x, t in zip(second.leaves, v)])
+                        for s in (1.0, -1.0))
+        return np.where(mask, kernels.differences(fine[0][j], fine[1][j], second.g0[j], eps / 2)[0],
+                        np.nan)
+
+    out = [recheck.judge(h, n, n, n, rtol, floor, eps, lambda mask, j=j: at_half(j, mask),
+                         scale=_finite_max(g))
+           for j, (h, n, g) in enumerate(zip(hv, nums, second.g0))]
+    return [o.num for o in out], [o.unreliable for o in out]
 
 
 def _finite_max(a) -> float:

@@ -210,17 +210,15 @@ def _row(path, m, a, got, j, rtols, floors, directions, again):
     """Leaf j's row: manual vs autodiff element by element and autodiff vs the differences,
     coordinate by coordinate or (a projected leaf) along its random directions; elements at
     a kink, among the failing ones, excused; a few failing ones differenced again at ε/2
-    (their error bars: recheck.refine)."""
+    (their error bars: recheck.judge)."""
     triple = got.coords[j]
-    num = np.full(np.shape(a), np.nan) if triple is None else triple[0]
-    failing = ((kernels.excess(m, a, rtols[0], floors[0]) > 0)
-               | (kernels.excess(a, num, rtols[1], floors[1]) > 0))
-    kinks = kernels.kinks_among(failing, *(triple[1:] if triple else (None, None)), floors[1])
-    unsure = None
-    bad = recheck.failing(a, num, kinks, rtols[1], floors[1]) if triple is not None else ()
-    if len(bad):
-        num, unsure = recheck.refine(a, num, again.fine(j, bad), rtols[1], floors[1], got.eps,
-                                     abs(got.value))
+    num, kinks, unsure = np.full(np.shape(a), np.nan), np.zeros(np.shape(a), bool), None
+    if triple is not None:
+        manual_fails = kernels.excess(m, a, rtols[0], floors[0]) > 0
+        num, kinks, unsure = recheck.judge(
+            a, triple[0], triple[1], triple[2], rtols[1], floors[1], got.eps,
+            lambda mask: again.fine(j, np.flatnonzero(mask)), scale=abs(got.value),
+            also=manual_fails, kink_limit=kernels.KINK_LIMIT)
     named = [("manual", m), ("autodiff", a), ("numerical", num)]
     if j not in got.along:
         return leaf_row(path, named, [Comparison(0, 1, rtols[0], floors[0]), Comparison(

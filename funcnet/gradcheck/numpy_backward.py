@@ -55,13 +55,14 @@ def _coordinate_row(loss, xs, i, grad, eps, rtol, floor, scale):
     """Input i element by element; a few failing elements (not at a kink) differenced again
     at ε/2 for their error bars."""
     num, fw, bw = _coordinate_differences(loss, xs, i, eps)
-    kinks = kernels.kink_mask(fw, bw, floor)
-    bad = recheck.failing(grad, num, kinks, rtol, floor)
-    unsure = None
-    if bad.size:
-        fine = np.full(num.shape, np.nan)
-        fine.flat[bad] = [_along(loss, xs, i, _unit(xs[i], k), eps / 2) for k in bad]
-        num, unsure = recheck.refine(grad, num, fine, rtol, floor, eps, scale)
+
+    def fine(mask):
+        out = np.full(num.shape, np.nan)
+        for k in np.flatnonzero(mask):
+            out.flat[k] = _along(loss, xs, i, _unit(xs[i], k), eps / 2)
+        return out
+
+    num, kinks, unsure = recheck.judge(grad, num, fw, bw, rtol, floor, eps, fine, scale=scale)
     return leaf_row(f"input{i}", [("backward", grad), ("numerical", num)],
                     [Comparison(0, 1, rtol, floor, unreliable=unsure)], kinks)
 

@@ -19,25 +19,41 @@ from .report import Comparison, GradientRow, leaf_row
 __all__ = []
 
 
-def failing(value, num, kinks, rtol, floor, limit: int = kernels.KINK_LIMIT):
-    """Flat indices of the elements where value vs num fails (both finite, not at a kink),
-    or none when more than `limit` fail: that is a wrong formula, and one more difference
-    of each would only cost time."""
-    value, num = np.asarray(value, np.float64), np.asarray(num, np.float64)
+class Verdicts(NamedTuple):
+    """judge's answer: the numerical values (Richardson's where differenced again), and the
+    masks of elements at a kink and numerically unreliable (both excused)."""
+
+    num: np.ndarray
+    kinks: np.ndarray
+    unreliable: np.ndarray
+
+
+def judge(value, num, forward, backward, rtol, floor, eps, fine, *, scale=0.0, also=None,
+          limit: int = kernels.KINK_LIMIT, kink_limit=None) -> Verdicts:
+    """The elements where value vs num (centred differences at ε) fails, looked at again.
+    When at most `limit` fail, fine(mask) gives their centred differences at ε/2 (NaN
+    elsewhere): an element whose Richardson estimate agrees passes (a smooth f with high
+    curvature, no kink); of those still failing, one whose one-sided differences disagree
+    is at a kink (guessed from the differences, as before: only where the second look
+    could not clear it), else one whose error bar exceeds the tolerance is numerically
+    unreliable, else it fails. `also`: elements failing another comparison that a kink
+    excuses too; with more than `kink_limit` failing, none is excused as a kink."""
+    value, num = np.asarray(value, np.float64), np.array(num, np.float64)
     bad = (kernels.excess(value, num, rtol, floor) > 0) & np.isfinite(value) & np.isfinite(num)
-    if kinks is not None:
-        bad &= ~np.asarray(kinks, bool)
-    return np.flatnonzero(bad) if bad.sum() <= limit else np.zeros(0, int)
-
-
-def refine(value, num, fine, rtol, floor, eps, scale=0.0):
-    """(num, unreliable): at the elements where `fine` (the centred differences at ε/2) is
-    not NaN, num replaced by the Richardson estimate, and the mask of those whose error
-    bar exceeds the tolerance while they still fail."""
-    num, fine = np.asarray(num, np.float64), np.asarray(fine, np.float64)
-    at = ~np.isnan(fine)
-    estimate, _, unreliable = kernels.second_look(value, num, fine, rtol, floor, eps, scale)
-    return np.where(at, estimate, num), unreliable & at
+    unsure = np.zeros(num.shape, bool)
+    if 0 < bad.sum() <= limit:
+        again = np.asarray(fine(bad), np.float64)
+        at = ~np.isnan(again)
+        estimate, passes, unsure = kernels.second_look(value, num, again, rtol, floor, eps, scale)
+        num = np.where(at, estimate, num)
+        bad &= ~(passes & at)
+        unsure &= at & bad
+    if also is not None:
+        bad = bad | np.asarray(also, bool)
+    if kink_limit is not None and bad.sum() > kink_limit:
+        return Verdicts(num, np.zeros(num.shape, bool), unsure)
+    kinks = bad & kernels.kink_mask(forward, backward, floor)
+    return Verdicts(num, kinks, unsure & ~kinks)
 
 
 class Probe(NamedTuple):

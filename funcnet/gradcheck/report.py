@@ -102,9 +102,9 @@ class GradientReport:
         verdict = {"FAIL": f"FAIL ({bad} of {len(self.rows) + len(self.properties)} rows)",
                    "UNRELIABLE": f"UNRELIABLE ({self.unreliable} element(s) numerically "
                                  f"unreliable, none failed)"}.get(self.verdict, "PASS")
+        loss = "" if self.loss is None else f", loss {self.loss:.6g}"
         return (f"{self.title} {verdict}: {len(self.rows)} rows, worst rel. error "
-                f"{self.columns[0]} {worst_m:.1e}, {self.columns[1]} {worst_n:.1e}, "
-                f"loss {self.loss:.6g}")
+                f"{self.columns[0]} {worst_m:.1e}, {self.columns[1]} {worst_n:.1e}{loss}")
 
     def __str__(self) -> str:
         head = ("leaf", "shape") + tuple(self.columns) + ("max |diff|", "ok")
@@ -210,6 +210,21 @@ def _nonfinite(named, arrays, comparisons, shape, where):
     return None
 
 
+def _compare(c, arrays, kinks, excess, errors, diffs, unreliable):
+    """One comparison of leaf_row: its excess, relative error (inf with a non-finite leg)
+    and |differences| appended; its unreliable elements marked."""
+    from .numerical import rel_error
+    off = kinks | (False if c.skip is None else np.asarray(c.skip, bool))
+    if c.unreliable is not None:
+        unreliable |= np.asarray(c.unreliable, bool) & ~off
+        off = off | np.asarray(c.unreliable, bool)
+    a, b = np.where(off, np.nan, arrays[c.i]), np.where(off, np.nan, arrays[c.j])
+    excess.append(_excess(a, b, c.rtol, c.atol))
+    finite = np.isfinite(a) & np.isfinite(b) | np.isnan(a) & np.isnan(b) & off
+    errors.append(rel_error(a, b) if finite.all() else np.inf)
+    diffs.append(np.nan_to_num(np.abs(a - b), posinf=0.0))
+
+
 def leaf_row(path, named, comparisons, kinks=None, where="element") -> GradientRow:
     """The row of one leaf. `named`: [(source name, gradient array)], all one shape;
     `comparisons`: Comparison(i, j, rtol, atol, ...) (or (i, j, rtol, atol) tuples) of
@@ -217,22 +232,14 @@ def leaf_row(path, named, comparisons, kinks=None, where="element") -> GradientR
     elements at a kink, excused from every comparison (there, any one-sided derivative is a
     right answer). A NaN or infinity in a leg, on an element its comparison covers, fails
     the row and is named, kink or not."""
-    from .numerical import rel_error
     arrays = [np.asarray(a, np.float64) for _, a in named]
     shape = arrays[0].shape
     comparisons = [Comparison(*c) for c in comparisons]
     kinks = np.zeros(shape, bool) if kinks is None else np.asarray(kinks, bool)
     excess, errors, diffs, unreliable = [], [], [], np.zeros(shape, bool)
-    for c in comparisons:
-        off = kinks | (False if c.skip is None else np.asarray(c.skip, bool))
-        if c.unreliable is not None:
-            unreliable |= np.asarray(c.unreliable, bool) & ~off
-            off = off | np.asarray(c.unreliable, bool)
-        a, b = np.where(off, np.nan, arrays[c.i]), np.where(off, np.nan, arrays[c.j])
-        excess.append(_excess(a, b, c.rtol, c.atol))
-        finite = np.isfinite(a) & np.isfinite(b) | np.isnan(a) & np.isnan(b) & off
-        errors.append(rel_error(a, b) if finite.all() else np.inf)
-        diffs.append(np.nan_to_num(np.abs(a - b), posinf=0.0))
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite legs: _nonfinite names them
+        for c in comparisons:
+            _compare(c, arrays, kinks, excess, errors, diffs, unreliable)
     bad = _nonfinite(named, arrays, comparisons, shape, where)
     worst = np.max(np.stack(excess), axis=0) if excess else np.zeros(shape)
     ok = bad is None and not bool(np.any(worst > 0))
