@@ -27,7 +27,7 @@ def split_args(args, where):
                            f"(got dtypes {[str(leaf.dtype) for leaf in leaves]})")
     for j in floats:
         if not bool(jnp.all(jnp.isfinite(leaves[j]))):
-            raise FuncnetError(f"{where}: argument {_name(paths[j])} holds NaN or inf; "
+            raise FuncnetError(f"{where}: argument {arg_name(paths[j])} holds NaN or inf; "
                                f"gradients can only be checked at finite inputs")
 
     def rebuild(float_leaves):
@@ -36,10 +36,10 @@ def split_args(args, where):
             full[j] = leaf
         return jax.tree_util.tree_unflatten(treedef, full)
 
-    return [leaves[j] for j in floats], rebuild, [_name(paths[j]) for j in floats]
+    return [leaves[j] for j in floats], rebuild, [arg_name(paths[j]) for j in floats]
 
 
-def _name(keystr):
+def arg_name(keystr):
     """'[0]["w"]' -> 'arg0/w'."""
     parts = [p.strip("[]'\"") for p in keystr.replace("][", "]|[").split("|") if p]
     return "/".join(["arg" + parts[0]] + parts[1:]) if parts else "arg"

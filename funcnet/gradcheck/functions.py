@@ -55,7 +55,8 @@ def check_vjp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
     jit="both" also compares the rule under jax.jit with the eager one (to round-off), and
     every evaluation of the rule with a second one (bitwise; `nondet_tol` relaxes it to
     |a − b| <= nondet_tol): a rule that draws randomness or reads global state fails the row
-    "rule evaluated twice" or "rule under jax.jit". jit="eager" (or False) skips the jit
+    "rule evaluated twice" or "rule under jax.jit" (rows shown only when they fail; a rule
+    that fails under jit where f runs fails there too). jit="eager" (or False) skips the jit
     comparison; jit="jit" checks the jitted rule against the differences instead.
 
     Every random draw (cotangents, sampled coordinates, directions, re-draws) comes from a

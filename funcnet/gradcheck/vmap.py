@@ -101,7 +101,7 @@ def _split(args, in_axes) -> _Batch:
                            f"in_axes, got sizes {sorted(sizes) or 'none (nothing batched)'}")
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(args)[0]]
     floats = [j for j, x in enumerate(leaves) if np.issubdtype(np.asarray(x).dtype, np.inexact)]
-    names = [_probe._name(jax.tree_util.keystr(paths[j])) for j in floats]
+    names = [_probe.arg_name(jax.tree_util.keystr(paths[j])) for j in floats]
     return _Batch(leaves, axes, floats, sizes.pop(),
                   lambda ls: jax.tree_util.tree_unflatten(treedef, ls), names)
 
