@@ -201,7 +201,9 @@ def _check(problem, params, x, settings):
     if not diff_x:
         notes.append(f"input: constant ({jnp.asarray(x).dtype} ids), not differentiated")
     if not all(r.ok for r in rows):
-        notes.append(_blame(problem, params, x))
+        manual_ok = all(not np.any(kernels.excess(m, a, rtols[0], floors[0]) > 0)
+                        for m, a in zip(m_leaves, a_leaves))
+        notes.append(_blame(problem, params, x, manual_ok))
     return GradientReport(rows, got.value, {"rtol": settings.rtol, "manual_rtol": settings.manual_rtol,
                                             "atol": floor, "eps": got.eps}, notes)
 
@@ -265,12 +267,22 @@ class _Again:
         return centred
 
 
-def _blame(problem, params, x):
-    """The localization note of a failed check (never raises: it only adds information)."""
+def _blame(problem, params, x, manual_ok):
+    """The localization note of a failed check (never raises: it only adds information).
+    When every layer's and container's backward agrees with autodiff at its own inputs, the
+    fault is outside the backwards: in the loss's hand gradient (manual and autodiff
+    differ), or in JAX's derivative of the forward (they agree; the differences do not)."""
     try:
         where = localize(problem.model, params, problem.state, x, train=problem.train,
                          key=problem.key, seed=problem.seed)
     except Exception as e:  # noqa: BLE001 -- a layer may not support the per-layer replay
         return f"could not localize the failure ({type(e).__name__}: {e})"
-    return where or ("every layer's backward agrees with autodiff of that layer alone: the "
-                     "fault is in how they are composed (a serial's or combinator's backward)")
+    if where:
+        return where
+    if not manual_ok:
+        return ("every layer's backward agrees with autodiff at its inputs: the manual gradient "
+                "differs before the model, in the upstream gradient (the loss's `.grad`)")
+    return ("the hand backward agrees with autodiff, but autodiff disagrees with the finite "
+            "differences: JAX's derivative of the forward is wrong (a custom_vjp or custom_jvp "
+            "rule, a stop_gradient, a non-differentiable op inside a layer's forward); check "
+            "such a function with fn.check_vjp")
