@@ -113,18 +113,21 @@ def lstm_model(vocab_size, hidden, embed=64):
                      fn.lstm(hidden), fn.time_distributed(fn.dense(vocab_size)))
 
 
-def bits(model, params, state, data) -> float:
+def bits(model, params, state, data, compute_dtype=None) -> float:
     """Mean cross-entropy over every position of data = (inputs, targets), in bits/char."""
-    return fn.train.evaluate(model, params, state, *data, batch_size=EVAL_SAMPLE)["loss"] / math.log(2)
+    return fn.train.evaluate(model, params, state, *data, batch_size=EVAL_SAMPLE,
+                             compute_dtype=compute_dtype)["loss"] / math.log(2)
 
 
 def count_params(params) -> int:
     return sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(params))
 
 
-def train_model(model, cfg, train, evals, key, progress=True, label=""):
+def train_model(model, cfg, train, evals, key, progress=True, label="", compute_dtype=None):
     """AdamW (warm-up, cosine decay, clipping at norm 1) on random windows; the learning
-    curve (validation bits/char on evals["curve"]) and the final bits on evals["full"]."""
+    curve (validation bits/char on evals["curve"]) and the final bits on evals["full"].
+    `compute_dtype` (e.g. jnp.bfloat16) trains and evaluates in it on float32 masters
+    (experiments/precision.py)."""
     steps, T = cfg["steps"], cfg["context"]
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg["lr"], max(steps // 20, 1), steps,
                                                   cfg["lr"] / 10)
@@ -132,14 +135,15 @@ def train_model(model, cfg, train, evals, key, progress=True, label=""):
     manual = fn.with_manual_grads(model)
     k_init, k_data = jax.random.split(key)
     ts = fn.train.init_train_state(manual, opt, (1, T), k_init)
-    step = fn.train.make_step(manual, opt, fn.losses.softmax_cross_entropy)
+    step = fn.train.make_step(manual, opt, fn.losses.softmax_cross_entropy,
+                              compute_dtype=compute_dtype)
     rng = np.random.default_rng(int(jax.random.randint(k_data, (), 0, 2 ** 31 - 1)))
     curve = {"step": [], "val_bits": [], "train_seconds": []}
     losses, train_seconds = [], 0.0
 
     def record(i):
         curve["step"].append(i)
-        curve["val_bits"].append(bits(model, ts.params, ts.state, evals["curve"]))
+        curve["val_bits"].append(bits(model, ts.params, ts.state, evals["curve"], compute_dtype))
         curve["train_seconds"].append(round(train_seconds, 2))
         if progress:
             print(f"  {label} step {i:5d}  val {curve['val_bits'][-1]:.3f} bits/char  "
@@ -161,7 +165,7 @@ def train_model(model, cfg, train, evals, key, progress=True, label=""):
                 record(i)
         else:
             train_seconds += time.perf_counter() - start
-    final = bits(model, ts.params, ts.state, evals["full"])
+    final = bits(model, ts.params, ts.state, evals["full"], compute_dtype)
     train_bits = np.asarray(jax.device_get(losses), float) / math.log(2)
     return ts, {"params": count_params(ts.params), "val_bits": final, "curve": curve,
                 "train_seconds": round(train_seconds, 2),

@@ -9,7 +9,7 @@ from .core import FuncnetError, Layer, LayerError, serial, summary
 from .sharing import share
 from .gradcheck import (GradientCheckError, GradientReport, check_backward, check_gradients,
                         check_hvp, check_layer, check_vjp, directional_check, numerical_grad, rel_error)
-from .gradcheck import check_precision
+from .gradcheck import check_jvp, check_precision, check_vmap
 from .layers import (avg_pool, batch_norm, conv2d, dense, dropout, flatten, gaussian_pool,
                      identity, learned_pool, log_softmax, lstm, max_pool, positional_embedding,
                      relu, rnn, self_attention, sigmoid, sign, softmax, tanh)

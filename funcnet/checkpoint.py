@@ -481,9 +481,29 @@ def _rebuild(reader: _Reader, node, path=""):
 
 # ----------------------------------------------------------------------------- restoring into `like`
 
-def _differences(reader: _Reader, saved: Dict[str, dict], wanted: Dict[str, dict]) -> List[str]:
-    """Every difference, reported at the topmost path where it starts (no per-leaf noise)."""
+def _later_fields(like, saved: Dict[str, dict], path="", out=None) -> dict:
+    """{path: default} of `like`'s NamedTuple fields that declare a default and that the
+    checkpoint lacks: fields added to the type after it was written."""
+    out = {} if out is None else out
+    node = _classify(like, path, "`like` leaf")
+    defaults = getattr(type(like), "_field_defaults", {}) if node.kind == "namedtuple" else {}
+    for i, (part, child) in enumerate(node.children):
+        child_path = _join(path, part)
+        name = node.info["fields"][i] if node.kind == "namedtuple" else None
+        if name in defaults and child_path not in saved:
+            out[child_path] = defaults[name]
+        else:
+            _later_fields(child, saved, child_path, out)
+    return out
+
+
+def _differences(reader: _Reader, saved: Dict[str, dict], wanted: Dict[str, dict],
+                 later=frozenset()) -> List[str]:
+    """Every difference, reported at the topmost path where it starts (no per-leaf noise);
+    paths at or below a field in `later` (see `_later_fields`) are not missing."""
     missing, extra = set(wanted) - set(saved), set(saved) - set(wanted)
+    missing = {p for p in missing
+               if not any(p == f or p.startswith(f + "/") for f in later)}
     differing = {p for p in set(saved) & set(wanted) if not _compatible(reader, saved[p], wanted[p])}
 
     def below(path, paths):
@@ -540,11 +560,15 @@ def _place(value: np.ndarray, like_leaf):
     return jnp.asarray(value, dtype=value.dtype)
 
 
-def _restore_like(reader: _Reader, saved: Dict[str, dict], like, path=""):
-    """`like`'s tree with the saved values: its containers' own types, its leaves' array types."""
+def _restore_like(reader: _Reader, saved: Dict[str, dict], like, path="", later=None):
+    """`like`'s tree with the saved values: its containers' own types, its leaves' array
+    types; a field in `later` (see `_later_fields`) takes its NamedTuple default."""
     node = _classify(like, path, "`like` leaf")
+    later = {} if later is None else later
     if node.kind not in _LEAVES:
-        values = [_restore_like(reader, saved, c, _join(path, part)) for part, c in node.children]
+        paths = [_join(path, part) for part, _ in node.children]
+        values = [later[p] if p in later else _restore_like(reader, saved, c, p, later)
+                  for p, (_, c) in zip(paths, node.children)]
         return _assemble(node.kind, node.info, values, like)
     saved_node = saved[path]
     if node.kind == "str":
@@ -571,8 +595,10 @@ def restore(path, like=None):
     NumPy, JAX arrays / ShapeDtypeStructs as JAX arrays (with `like`'s sharding when it has
     one). Paths, container kinds, NamedTuple type names, shapes, dtypes and PRNG impls must
     agree, else `CheckpointMismatchError` lists every difference (missing and extra paths,
-    shape and dtype mismatches). A corrupt, truncated or foreign file is a `CheckpointError`
-    naming the file. Nothing is ever unpickled.
+    shape and dtype mismatches). One exception: a NamedTuple field that declares a default
+    and that the checkpoint lacks (a field added to the type later, such as
+    TrainState.loss_scale) comes back as that default. A corrupt, truncated or foreign
+    file is a `CheckpointError` naming the file. Nothing is ever unpickled.
     """
     npz, record = _open(path)
     with npz:
@@ -584,10 +610,11 @@ def restore(path, like=None):
         if like is None:
             return _rebuild(reader, record["tree"], "")
         wanted = _flat_record(_encode(like, "", None, "`like` leaf"), check=False)
-        diffs = _differences(reader, saved, wanted)
+        later = _later_fields(like, saved)
+        diffs = _differences(reader, saved, wanted, later)
         if diffs:
             raise CheckpointMismatchError(path, diffs)
-        return _restore_like(reader, saved, like)
+        return _restore_like(reader, saved, like, "", later)
 
 
 def read_metadata(path) -> dict:

@@ -3,6 +3,7 @@
     funcnet                      # = funcnet train: a LeNet-style CNN on scikit-learn's digits
     funcnet train [--model lenet|fc|mlp|resnet] [--data digits|mnist5k|idx:IMAGES,LABELS]
                   [--epochs N] [--batch-size B] [--lr LR] [--optimizer sgd|momentum|adam]
+                  [--compute-dtype float32|bfloat16|float16] [--loss-scale dynamic|none|S]
                   [--seed S] [--out runs/NAME] [--no-gradcheck] [--no-cache] [-v]
     funcnet gradcheck [--model ...] [--data ...] [--examples 4]
     funcnet train ... --coordinator HOST:PORT --num-processes N --process-id I
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
@@ -71,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
                    + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
     t.add_argument("--out", default=None, help="run directory (default runs/<model>-<data>-<time>); "
                                                 "an existing one is resumed")
+    t.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the forward and backward passes; parameters and optimizer "
+                        "state stay float32 (default float32)")
+    t.add_argument("--loss-scale", default=None, metavar="dynamic|none|S",
+                   help="loss scaling: dynamic (from 2^15), none, or a fixed number (default: "
+                        "dynamic with --compute-dtype float16, else none)")
     t.add_argument("--no-gradcheck", action="store_true", help="skip the gradient check")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _distributed_options(t)
@@ -303,15 +311,38 @@ def _run_dir(args, multi) -> str:
         "runs", f"{args.model}-{data}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}")
 
 
+def _precision(args):
+    """(compute dtype or None, loss-scale setting) from --compute-dtype and --loss-scale,
+    checked before anything runs (a FuncnetError names the option)."""
+    from . import mixed_precision as mp
+    from .errors import FuncnetError
+    dtype = mp.resolve_compute_dtype(args.compute_dtype, "--compute-dtype")
+    text = args.loss_scale
+    if text is None:
+        text = "dynamic" if args.compute_dtype == "float16" else "none"
+    if text == "none":
+        return dtype, None
+    if text == "dynamic":
+        return dtype, "dynamic"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise FuncnetError(f"--loss-scale must be dynamic, none or a finite number > 0, got {text!r}")
+    return dtype, value
+
+
 def _epoch_printer(args):
     """fit's callback: a line per epoch when there is no progress bar to show it (or -v)."""
     show = args.verbose or not sys.stderr.isatty() or args.no_progress
 
     def report_epoch(row, _state):
         if show:
+            skipped = f"  skipped {row['skipped']}" if "skipped" in row else ""
             print(f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  "
-                  f"train acc {row['train_accuracy']:.4f}  test acc {row['val_accuracy']:.4f}  "
-                  f"({row['seconds']:.2f} s)", flush=True)
+                  f"train acc {row['train_accuracy']:.4f}  test acc {row['val_accuracy']:.4f}"
+                  f"{skipped}  ({row['seconds']:.2f} s)", flush=True)
 
     return report_epoch
 
@@ -333,6 +364,8 @@ def cmd_train(args) -> int:
             return 2
     t_start = time.perf_counter()
     from . import distributed
+    from .mixed_precision import describe, resolve_loss_scale
+    compute_dtype, loss_scale = _precision(args)
     multi = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                    heartbeat_timeout=args.heartbeat_timeout)
     import jax
@@ -353,6 +386,7 @@ def cmd_train(args) -> int:
     print(f"funcnet train: {args.model} on {args.data} ({len(x)} train / {len(xt)} test examples "
           f"of {'x'.join(map(str, x.shape[1:]))}), {args.optimizer} lr {lr:g}, {args.epochs} "
           f"epochs of batch {args.batch_size}, seed {args.seed}")
+    print(f"precision: {describe(compute_dtype, resolve_loss_scale(loss_scale, '--loss-scale'))}")
     if args.verbose:
         print(summary(model, (args.batch_size,) + x.shape[1:]))
 
@@ -374,11 +408,14 @@ def cmd_train(args) -> int:
                       batch_size=args.batch_size, key=jax.random.PRNGKey(args.seed),
                       val_data=(xt, yt), initial=ts, checkpoint_dir=os.path.join(out, "checkpoints"),
                       drop_remainder=len(x) > args.batch_size, progress=not args.no_progress,
-                      callback=_epoch_printer(args))
-    test = evaluate(model, ts.params, ts.state, xt, yt)
+                      callback=_epoch_printer(args), compute_dtype=compute_dtype,
+                      loss_scale=loss_scale)
+    test = evaluate(model, ts.params, ts.state, xt, yt, compute_dtype=compute_dtype)
     seconds = time.perf_counter() - t_start
+    skipped = (f" ({sum(history['skipped'])} skipped for overflow)"
+               if "skipped" in history.keys() else "")
     print(f"test accuracy {100 * test['accuracy']:.2f}% (loss {test['loss']:.4f}) on {len(xt)} "
-          f"examples; {int(ts.step)} steps, {seconds:.1f} s")
+          f"examples; {int(ts.step)} steps{skipped}, {seconds:.1f} s")
     record = {"config": {k: v for k, v in vars(args).items() if k != "func"} | {"lr": lr},
               "test": test, "gradient_check": check, "seconds": seconds,
               "history": [dict(r) for r in history]}

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 
 from . import _random
 from ._validate import as_int, check, int_token, token_int
-from .core import (EACH_STEP, PARALLEL, RESIDUAL, Layer, LayerError, infer_output_shape, is_shape,
-                   serial)
+from .core import (EACH_STEP, PARALLEL, POINTWISE, RESIDUAL, Layer, LayerError, infer_output_shape,
+                   is_shape, serial)
 from .ops import narrow, widen
 
 __all__ = ["fanout", "parallel", "fanin_sum", "fanin_concat", "residual", "time_distributed"]
@@ -58,7 +58,8 @@ def fanout(n: int) -> Layer:
             dx = _add(dx, jax.tree_util.tree_map(widen, d))
         return {}, narrow(dx, dy[0])
 
-    return Layer(_no_params, forward, backward, "fanout", lambda shape: (shape,) * n)
+    return Layer(_no_params, forward, backward, "fanout", lambda shape: (shape,) * n,
+                 decode=POINTWISE)
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -132,7 +133,7 @@ def _fanin_sum(hint=""):
         """y = Σ_i x_i, so ∂y/∂x_i = I:  dx_i = dy for every branch."""
         return {}, (dy,) * token_int(cache["n"])
 
-    return Layer(init, forward, backward, "fanin_sum", output_shape)
+    return Layer(init, forward, backward, "fanin_sum", output_shape, decode=POINTWISE)
 
 
 fanin_sum = _fanin_sum()

@@ -24,7 +24,8 @@ from .errors import FuncnetError, LayerError
 
 __all__ = ["Layer", "serial", "summary", "param_paths", "leaf_paths", "infer_output_shape",
            "check_model_input", "child_trees", "is_branching", "is_sequence", "is_container",
-           "FuncnetError", "LayerError", "KINDS", "NONE", "SERIAL", "PARALLEL", "RESIDUAL", "EACH_STEP"]
+           "FuncnetError", "LayerError", "KINDS", "NONE", "SERIAL", "PARALLEL", "RESIDUAL", "EACH_STEP",
+           "POINTWISE", "Decode"]
 
 
 # How a container combines its children: `Layer.combine`. Every walker (param paths,
@@ -40,6 +41,27 @@ RESIDUAL = "residual"    # walked as SERIAL (its children are fanout(2), paralle
 EACH_STEP = "each_step"  # one child on (batch·time, ...): time folded into the batch; params
                          # and state are the child's own; the same key
 KINDS = (NONE, SERIAL, PARALLEL, RESIDUAL, EACH_STEP)
+
+# How a leaf runs during generation, one step (or one chunk of steps) at a time:
+# `Layer.decode`, read by funcnet.generate. POINTWISE: the layer treats every time step alone
+# (embedding, layer_norm, an activation, dropout in evaluation), so it runs on the slice
+# (batch, steps, ...) as it is; a `Decode`: the layer mixes time steps and carries what later
+# steps need (a cache). None: no rule; generate refuses the model, naming the layer.
+POINTWISE = "pointwise"
+
+
+class Decode(NamedTuple):
+    """A time-mixing layer's decode rule (`Layer.decode`).
+
+    `init(params, x, length) -> carry`: fixed-size buffers for `length` positions, from the
+    layer's input `x` for the first chunk (its batch size and dtype).
+    `step(params, carry, x, t) -> (y, carry)`: the layer's output for x, the steps at positions
+    t … t + x.shape[1] − 1 (t may be a tracer), seeing every earlier position through the
+    carry; equal to the matching rows of `forward` over the whole prefix.
+    """
+
+    init: Callable
+    step: Callable
 
 
 class Layer(NamedTuple):
@@ -59,6 +81,12 @@ class Layer(NamedTuple):
     `shared` lists the (use, owner, transpose) parameter paths of a model built by
     `fn.share`: its params hold None at each use, filled from the owner by its forward.
 
+    `decode` says how a leaf runs one time step when a model generates a sequence
+    (`fn.models.generate`): POINTWISE (apply the layer to the (batch, 1, ...) slice), a
+    `Decode(init, step)` for a layer that mixes time steps (causal self-attention keeps a
+    key/value cache), or None, no rule (generate names the layer and refuses). Containers
+    need none: generate walks them by `combine`.
+
     Caches hold arrays only: a cache passes through jit, vmap and custom_vjp residuals,
     where a Python int would become a tracer, so an integer a backward needs (a count, a
     size) travels as the shape of an empty array. Old positional constructions
@@ -74,6 +102,7 @@ class Layer(NamedTuple):
     combine: str = NONE
     check_input: Optional[Callable] = None
     shared: Tuple[Tuple[str, str, bool], ...] = ()
+    decode: object = None  # None, POINTWISE or a Decode: hashable, as Layers are cache keys
 
     def apply(self, params, state, x, *, train: bool = False, key=None):
         """`forward` without the cache: returns (y, new_state)."""

@@ -33,6 +33,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed, sharding
+from . import mixed_precision as mp
 from ._validate import as_float, as_int
 from .core import Layer
 from .errors import FuncnetError, LayerError
@@ -73,7 +74,9 @@ class History(list):
     and "accuracy" name the training columns). train_loss and train_accuracy are the means
     over the epoch's steps of each step's batch values (before its update). `step_losses`
     holds every step's training loss of this call (not of the steps before a resume). A run
-    stopped mid-epoch by the `steps` budget ends with a row marked "partial": True.
+    stopped mid-epoch by the `steps` budget ends with a row marked "partial": True. With
+    loss scaling each row has "skipped", the number of its steps skipped for non-finite
+    gradients (a non-finite loss stops the run, as without scaling).
     """
 
     def __init__(self, rows=()):
@@ -115,13 +118,17 @@ class _Settings(NamedTuple):
     key: jax.Array             # the raw fit key, split into (init, data, step) keys
     mesh: Any                  # a Mesh for data parallelism, or None
     signature: dict            # what a checkpoint must have been written with to resume
+    compute_dtype: Any = None  # the dtype forward and backward run in (None: the params')
+    loss_scale: Optional[mp.LossScalePolicy] = None
 
 
 def _fit_settings(optimizer, train_data, *, loss, epochs, steps, batch_size, key, val_data,
                   l2, checkpoint_every, devices, drop_remainder, sync_every, target_loss,
-                  where="fit") -> _Settings:
+                  compute_dtype=None, loss_scale=None, where="fit") -> _Settings:
     _check_optimizer(optimizer, where)
     _check_l2(l2, where)
+    compute_dtype = mp.resolve_compute_dtype(compute_dtype, where)
+    loss_scale = mp.resolve_loss_scale(loss_scale, where)
     x, y = _pair_of_arrays(train_data, "train_data", where)
     n = _check_pair(x, y, where)
     if not np.issubdtype(x.dtype, np.floating):
@@ -159,7 +166,8 @@ def _fit_settings(optimizer, train_data, *, loss, epochs, steps, batch_size, key
                  steps if steps is not None else math.inf)
     signature = {"examples": n, "batch_size": bs, "drop_remainder": bool(drop_remainder),
                  "key": [int(v) for v in np.asarray(key)]}
-    return _Settings(x, y, val, loss, bs, per_epoch, budget, epochs, key, mesh, signature)
+    return _Settings(x, y, val, loss, bs, per_epoch, budget, epochs, key, mesh, signature,
+                     compute_dtype, loss_scale)
 
 
 def _pair_of_arrays(pair, what, where):
@@ -223,6 +231,8 @@ def _start(model, optimizer, settings, checkpoints, initial, dtype, where):
             _, k_init, k_step = _fit_keys(settings.key)
             shape = (settings.batch_size,) + settings.x.shape[1:]
             ts = _jitted_init(model, optimizer, shape, dtype)(k_init, k_step)
+    if settings.loss_scale is not None and ts.loss_scale is None:  # a run starting to scale
+        ts = ts._replace(loss_scale=mp.init_loss_scale(settings.loss_scale))
     if settings.mesh is not None:
         ts = sharding.replicate(ts, settings.mesh)
     return ts, task, history, sums
@@ -231,7 +241,7 @@ def _start(model, optimizer, settings, checkpoints, initial, dtype, where):
 # ----------------------------------------------------------------------------- checkpoints
 
 def _empty_sums():
-    return {"loss": 0.0, "accuracy": 0.0, "count": 0, "seconds": 0.0}
+    return {"loss": 0.0, "accuracy": 0.0, "count": 0, "seconds": 0.0, "skipped": 0}
 
 
 class _Checkpoints:
@@ -243,7 +253,9 @@ class _Checkpoints:
         self.last = None
 
     def resume(self, like):
-        """(train_state, history, the partial epoch's sums) from the newest checkpoint, if any."""
+        """(train_state, history, the partial epoch's sums) from the newest checkpoint, if any.
+        Its loss scale comes back when it has one (whatever this run's policy); one written
+        before TrainState had the field restores with loss_scale=None."""
         path = None if self.directory is None else ckpt.latest(self.directory)
         if path is None:
             return None
@@ -255,7 +267,8 @@ class _Checkpoints:
             raise FuncnetError(f"{self.where}: cannot resume from {path}: it was written by a run "
                                f"with other settings ({'; '.join(differ)}); use another "
                                f"checkpoint_dir or the same settings")
-        ts = ckpt.restore(path, like=like)
+        scaled = mp.init_loss_scale(mp.LossScalePolicy()) if meta.get("loss_scale") else None
+        ts = ckpt.restore(path, like=like._replace(loss_scale=scaled))
         self.last = path
         return ts, History(meta.get("history", [])), dict(_empty_sums(), **meta.get("partial", {}))
 
@@ -274,7 +287,7 @@ class _Checkpoints:
                 f"{self.where}: the training state holds NaN or infinite values after step {step}; "
                 f"not saved. The last good checkpoint is {self.last}.",
                 step=step, epoch=step // steps_per_epoch + 1, loss=math.nan, checkpoint=self.last)
-        meta = {"fit": self.signature, "partial": dict(sums),
+        meta = {"fit": self.signature, "partial": dict(sums), "loss_scale": host.loss_scale is not None,
                 "history": [dict(r) for r in history if not r.get("partial")]}
         if distributed.is_main():  # process 0 writes; the others wait until it is in place
             self.last = ckpt.save_step(self.directory, step, host, metadata=meta, keep=self.keep)
@@ -317,11 +330,16 @@ def _finite_tree(tree) -> bool:
 
 class _Metrics:
     """The steps' metrics, left on the device until `drain` fetches them in one transfer
-    (the loop's only host syncs); then summed into the epoch's row and `step_losses`."""
+    (the loop's only host syncs); then summed into the epoch's row and `step_losses`.
+    With loss scaling (`scaled`) each row counts its skipped steps (gradients that overflowed
+    the compute dtype: the loss scale halves and the state stays). A non-finite *loss* stops
+    the run all the same, skipped or not: the forward pass itself overflowed, which no loss
+    scale can mend, and skipping it would skip every step from then on."""
 
-    def __init__(self, history, sums, bar, checkpoints, steps_per_epoch):
+    def __init__(self, history, sums, bar, checkpoints, steps_per_epoch, scaled=False):
         self.history, self.sums, self.bar = history, sums, bar
         self.checkpoints, self.steps_per_epoch = checkpoints, steps_per_epoch
+        self.scaled = scaled
         self.pending = []  # (step, epoch, batch, metrics on device), not fetched yet
         self.last_step = None  # the newest step dispatched (named when a peer is lost)
 
@@ -339,10 +357,11 @@ class _Metrics:
         ready, self.pending = self.pending[:cut], self.pending[cut:]
         fetched = jax.device_get([m for *_, m in ready])
         for (step, epoch, batch, _), m in zip(ready, fetched):
-            value = float(m["loss"])
+            value, skipped = float(m["loss"]), int(m.get("skipped", 0))
             if not math.isfinite(value):
                 self._stop(value, step, epoch, batch)
             self.history.step_losses.append(value)
+            self.sums["skipped"] += skipped
             self.sums["loss"] += value
             self.sums["accuracy"] += float(m.get("accuracy", 0.0))
             self.sums["count"] += 1
@@ -364,10 +383,13 @@ class _Metrics:
     def row(self, epoch, step, task) -> _Row:
         """The epoch's row from its sums (the pending metrics are fetched first)."""
         self.drain()
-        count = max(self.sums["count"], 1)
-        row = _Row(epoch=epoch + 1, step=step, train_loss=self.sums["loss"] / count)
+        count = self.sums["count"]
+        row = _Row(epoch=epoch + 1, step=step,
+                   train_loss=self.sums["loss"] / count if count else math.nan)
         if task != "regression":
-            row["train_accuracy"] = self.sums["accuracy"] / count
+            row["train_accuracy"] = self.sums["accuracy"] / count if count else math.nan
+        if self.scaled:
+            row["skipped"] = self.sums["skipped"]
         return row
 
 
@@ -447,7 +469,7 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
         checkpoint_every: Optional[int] = None, keep: int = 3, devices=None,
         drop_remainder: bool = False, initial=None, progress: bool = True,
         callback: Optional[Callable] = None, eval_batch_size: int = 512, sync_every: int = 8,
-        dtype=None):
+        dtype=None, compute_dtype=None, loss_scale=None):
     """Train `model` with `optimizer` on train_data = (x, y); returns (TrainState, History).
 
     - loss: `fn.losses.softmax_cross_entropy` for integer labels (the default for them),
@@ -463,7 +485,12 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
       last batch of an epoch is partial unless `drop_remainder`.
     - val_data=(x, y): evaluated after every epoch (`evaluate`).
     - l2: λ of the ½ λ Σ w² penalty. initial: a TrainState or (params, state) to start
-      from instead of `model.init`.
+      from instead of `model.init`. dtype: the parameters' dtype at `model.init`.
+    - compute_dtype (jnp.bfloat16, jnp.float16; None or float32: none) and loss_scale
+      (None, "dynamic", a fixed number > 0): mixed precision, as in `make_step` -- the
+      steps and val_data's evaluation run on casts to the compute dtype while params and
+      optimizer state stay float32; a step whose scaled gradients overflow is skipped,
+      each row counts them in "skipped", and the scale is checkpointed with the state.
     - checkpoint_dir: a TrainState checkpoint `ckpt_<step>.npz` is written atomically every
       `checkpoint_every` steps (default: after every epoch) and at the end, keeping the
       newest `keep`; a later fit with the same directory (and the same data, batch size and
@@ -488,16 +515,20 @@ def fit(model: Layer, optimizer, train_data, *, loss=None, epochs: Optional[int]
                         batch_size=batch_size, key=key, val_data=val_data, l2=l2,
                         checkpoint_every=checkpoint_every, devices=devices,
                         drop_remainder=drop_remainder, sync_every=sync_every,
-                        target_loss=target_loss, where=where)
+                        target_loss=target_loss, compute_dtype=compute_dtype,
+                        loss_scale=loss_scale, where=where)
     checkpoints = _Checkpoints(checkpoint_dir, checkpoint_every, keep, cfg.signature, where)
     ts, task, history, sums = _start(model, optimizer, cfg, checkpoints, initial, dtype, where)
     start = int(jax.device_get(ts.step))
     bar = _progress_bar(progress, None if cfg.budget == math.inf else int(cfg.budget), start)
     val_metrics = None if cfg.val is None else _evaluator(  # val_data checked once, not per epoch
-        model, ts.params, ts.state, *cfg.val, batch_size=eval_batch_size, loss=cfg.loss)
-    loop = _Loop(model, cfg, make_step(model, optimizer, cfg.loss, l2=l2, mesh=cfg.mesh), task,
-                 _Metrics(history, sums, bar, checkpoints, cfg.steps_per_epoch), checkpoints,
-                 val_metrics, sync_every)
+        model, ts.params, ts.state, *cfg.val, batch_size=eval_batch_size, loss=cfg.loss,
+        compute_dtype=cfg.compute_dtype)
+    step = make_step(model, optimizer, cfg.loss, l2=l2, mesh=cfg.mesh,
+                     compute_dtype=cfg.compute_dtype, loss_scale=cfg.loss_scale)
+    metrics = _Metrics(history, sums, bar, checkpoints, cfg.steps_per_epoch,
+                       scaled=cfg.loss_scale is not None)
+    loop = _Loop(model, cfg, step, task, metrics, checkpoints, val_metrics, sync_every)
     try:
         return _run(loop, ts, target_loss=target_loss, callback=callback), history
     except Exception as e:  # a lost peer surfaces as a failed collective: say so

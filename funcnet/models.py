@@ -34,8 +34,9 @@ import numpy as np
 
 from ._validate import as_float, as_int, check, float_dtype
 from .combinators import residual, time_distributed
-from .core import Layer, LayerError, serial
+from .core import POINTWISE, Layer, LayerError, serial
 from .errors import FuncnetError
+from .generate import generate as generate  # fn.models.generate (a re-export)
 from .initializers import gaussian, he
 from .layers import (batch_norm, conv2d, dense, dropout, embedding, flatten, gelu, gelu_tanh,
                      global_avg_pool, layer_norm, lstm, max_pool, positional_embedding, relu,
@@ -284,7 +285,7 @@ def _tied_head(vocab_size: int) -> Layer:
         dw = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
         return {"w": dw}, dy @ params["w"]
 
-    return Layer(init, forward, backward, "lm_head", output_shape)
+    return Layer(init, forward, backward, "lm_head", output_shape, decode=POINTWISE)
 
 
 # Hugging Face GPT2LMHeadModel names <-> gpt2's params. Conv1D weights are (in, out), as

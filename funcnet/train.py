@@ -20,6 +20,10 @@ The `fit` driver (epochs, shuffling, validation, checkpoints and resume, progres
 `funcnet.fit`, built on this module; `fn.train.fit`, `fn.train.History` and
 `fn.train.NonFiniteLossError` are its names, read from there on first use (see
 `__getattr__` below), so this module never imports it.
+
+Mixed precision: `make_step(..., compute_dtype=jnp.bfloat16)` computes in bfloat16 on
+casts of float32 master parameters, and `loss_scale="dynamic"` adds loss scaling for
+float16 (see `funcnet.mixed_precision` for the policy and its references).
 """
 from __future__ import annotations
 
@@ -35,11 +39,14 @@ import optax
 
 from . import losses as losses_mod
 from . import _random, sharding
+from . import mixed_precision as mp
+from .mixed_precision import LossScale, LossScalePolicy, dynamic_loss_scale
 from ._validate import as_int
 from .core import Layer, check_model_input
 from .errors import FuncnetError, LayerError
 
-__all__ = ["TrainState", "init_train_state", "make_step", "evaluate", "batch_order",
+__all__ = ["TrainState", "LossScale", "LossScalePolicy", "dynamic_loss_scale",
+           "init_train_state", "make_step", "evaluate", "batch_order",
            "fit", "History", "NonFiniteLossError"]  # noqa: F822 - funcnet.fit's, see __getattr__
 
 
@@ -47,8 +54,11 @@ class TrainState(NamedTuple):
     """Everything a training run carries from step to step (a pytree).
 
     params, state: the model's parameters and its state (batch-norm running statistics);
-    opt_state: the optax optimizer's state; step: the number of updates done (int32
-    scalar); key: the raw PRNG key (uint32[2]) the next step's dropout key is split from.
+    opt_state: the optax optimizer's state; step: the number of steps taken (int32 scalar;
+    a step skipped by loss scaling counts); key: the raw PRNG key (uint32[2]) the next
+    step's dropout key is split from; loss_scale: the `LossScale` of a run with loss
+    scaling, else None (its default: code that builds a TrainState of five fields, and
+    checkpoints written before it existed, still work).
     """
 
     params: Any
@@ -56,6 +66,7 @@ class TrainState(NamedTuple):
     opt_state: Any
     step: Any
     key: Any
+    loss_scale: Any = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -127,14 +138,19 @@ def _check_l2(l2, where):
 
 # ----------------------------------------------------------------------------- the step
 
-def init_train_state(model: Layer, optimizer, input_shape, key, *, dtype=None) -> TrainState:
+def init_train_state(model: Layer, optimizer, input_shape, key, *, dtype=None,
+                     loss_scale=None) -> TrainState:
     """A fresh TrainState: `model.init` from one half of `key`, the other half for steps.
-    model.init and optimizer.init run as one compiled program (not dozens of small ones)."""
+    model.init and optimizer.init run as one compiled program (not dozens of small ones).
+    `dtype` is the parameters' (master) dtype; with `loss_scale` (see `make_step`) the
+    state starts with that policy's scale."""
     _check_optimizer(optimizer, "init_train_state")
+    policy = mp.resolve_loss_scale(loss_scale, "init_train_state")
     k_init, k_step = _random.split(_raw_key(key, "init_train_state"))
     init = _jitted_init(model, optimizer, tuple(input_shape), dtype)
     jax.eval_shape(init, k_init, k_step)  # shape errors (LayerError) before compiling
-    return init(k_init, k_step)
+    ts = init(k_init, k_step)
+    return ts if policy is None else ts._replace(loss_scale=mp.init_loss_scale(policy))
 
 
 def _new_train_state(optimizer, params, state, k_step) -> TrainState:
@@ -174,29 +190,67 @@ def _jitted_init(model, optimizer, input_shape, dtype):
     return _cached(("init", model, optimizer, tuple(input_shape), dtype), build)
 
 
-def _step_function(model: Layer, loss, optimizer, l2):
+def _objective(model, loss, l2, dtype, scale, state, x, y, key):
+    """params -> (the loss to differentiate, (data loss, float32 outputs, new state)).
+
+    With a compute `dtype`, params, the model state and float inputs are cast to it and the
+    outputs back to float32 before the loss (and the new state to the master dtype): the
+    gradient of the cast carries the float32 loss gradient into the compute dtype and the
+    parameter gradients back to float32. With a loss `scale` the loss is multiplied by it."""
+
+    def objective(params):
+        if dtype is None:
+            out, new_state = model.apply(params, state, x, train=True, key=key)
+        else:
+            p, s, xc = mp.cast_floats((params, state, x), dtype)
+            out, new_state = model.apply(p, s, xc, train=True, key=key)
+            out, new_state = mp.to_float32(out), mp.cast_like(new_state, state)
+        value = loss(out, y)
+        total = value + losses_mod.l2(params, l2) if l2 else value
+        return (total if scale is None else total * scale), (value, out, new_state)
+
+    return objective
+
+
+def _skip_if_not_finite(old: TrainState, new: TrainState, grads, ls, policy, metrics):
+    """`new`, or -- when a gradient is not finite -- `old`'s params, model state and
+    optimizer state with `new`'s step and key; the loss scale moves on either way."""
+    finite = mp.all_finite(grads)
+
+    def pick(a, b):
+        return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), a, b)
+
+    new = new._replace(params=pick(new.params, old.params), state=pick(new.state, old.state),
+                       opt_state=pick(new.opt_state, old.opt_state),
+                       loss_scale=mp.next_loss_scale(ls, finite, policy))
+    return new, dict(metrics, skipped=(~finite).astype(jnp.int32), loss_scale=ls.scale)
+
+
+def _step_function(model: Layer, loss, optimizer, l2, dtype=None, policy=None):
     def step(ts: TrainState, x, y):
         key, dropout_key = jax.random.split(ts.key)
-
-        def objective(params):
-            out, new_state = model.apply(params, ts.state, x, train=True, key=dropout_key)
-            value = loss(out, y)
-            total = value + losses_mod.l2(params, l2) if l2 else value
-            return total, (value, out, new_state)
-
+        ls = None if policy is None else mp.current_loss_scale(ts.loss_scale, policy)
+        objective = _objective(model, loss, l2, dtype, None if ls is None else ls.scale,
+                               ts.state, x, y, dropout_key)
         (_, (value, out, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(ts.params)
+        if ls is not None:  # unscale: g = grad(S L) / S
+            grads = jax.tree_util.tree_map(lambda g: g / ls.scale.astype(g.dtype), grads)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
         metrics = {"loss": value}
         task = _task(loss, y.dtype, out.ndim)
         if task != "regression":
             metrics["accuracy"] = _accuracy(task, out, y)
-        return TrainState(params, new_state, opt_state, ts.step + 1, key), metrics
+        new = TrainState(params, new_state, opt_state, ts.step + 1, key, ts.loss_scale)
+        if ls is None:
+            return new, metrics
+        return _skip_if_not_finite(ts, new, grads, ls, policy, metrics)
 
     return step
 
 
-def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, donate: bool = True):
+def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, donate: bool = True,
+              compute_dtype=None, loss_scale=None):
     """A jit-compiled, pure update `step(train_state, x, y) -> (train_state, metrics)`.
 
     The arguments come in fit's order (model, optimizer, loss); the older order
@@ -209,6 +263,18 @@ def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, dona
     schedules, clipping chains). The model's new state (batch-norm running statistics)
     and `step + 1` go into the returned TrainState. metrics: {"loss": the data loss
     (without the penalty), "accuracy"} (accuracy for classification only).
+
+    Mixed precision (`funcnet.mixed_precision`): `compute_dtype` (jnp.bfloat16,
+    jnp.float16) runs the forward and backward passes on casts of the params, float
+    inputs and model state, while params and optimizer state stay float32 and the loss,
+    its gradient and the parameter gradients are float32; None or float32 inserts no
+    casts. `loss_scale` ("dynamic", a fixed number > 0, or a `LossScalePolicy`) scales
+    the loss before the backward pass and the gradients back after it; a step whose
+    gradients are not finite is skipped (params, optimizer and model state unchanged) and
+    the scale halves; "dynamic" starts at 2¹⁵ and doubles after 2000 consecutive finite
+    steps. The scale is carried in `train_state.loss_scale` (a TrainState without one
+    starts from the policy's), and metrics gain "skipped" (1 for a skipped step, else 0)
+    and "loss_scale" (the scale this step used).
 
     The input train_state's buffers are donated (reused for the output) unless
     `donate=False`: do not use a TrainState after passing it in. With a `mesh`
@@ -224,24 +290,31 @@ def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, dona
     _check_l2(l2, "make_step")
     if not callable(loss):
         raise FuncnetError(f"make_step: loss must be a function (pred, target) -> scalar, got {loss!r}")
+    dtype = mp.resolve_compute_dtype(compute_dtype, "make_step")
+    policy = mp.resolve_loss_scale(loss_scale, "make_step")
     mesh = None if mesh is None else sharding.make_mesh(mesh)
 
     def build():
-        step = _step_function(model, loss, optimizer, float(l2))
+        step = _step_function(model, loss, optimizer, float(l2), dtype, policy)
         if mesh is not None:
             return sharding.data_parallel(step, mesh, donate=donate)
         return jax.jit(step, donate_argnums=(0,) if donate else ())
 
-    return _cached(("step", model, loss, optimizer, float(l2), mesh, donate), build)
+    return _cached(("step", model, loss, optimizer, float(l2), mesh, donate, dtype, policy), build)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
-def _eval_function(model, loss, task):
-    """Jitted sums over one padded batch; `mask` marks the real examples."""
+def _eval_function(model, loss, task, dtype=None):
+    """Jitted sums over one padded batch; `mask` marks the real examples. With a compute
+    `dtype` the model runs on casts to it and its outputs are widened to float32."""
 
     def sums(params, state, x, y, mask):
-        out, _ = model.apply(params, state, x, train=False)
+        if dtype is None:
+            out, _ = model.apply(params, state, x, train=False)
+        else:
+            out = mp.to_float32(model.apply(*mp.cast_floats((params, state, x), dtype),
+                                            train=False)[0])
         # Per-example losses: the batch mean of an example-averaged loss is exact whatever
         # the batch, so padding rows can be masked out.
         per = jax.vmap(lambda o, t: loss(o[None], t[None]))(out, y)
@@ -260,10 +333,11 @@ def _eval_function(model, loss, task):
                           elements=jnp.sum(mask) * err.shape[1])
         return result
 
-    return _cached(("eval", model, loss, task), lambda: jax.jit(sums))
+    return _cached(("eval", model, loss, task, dtype), lambda: jax.jit(sums))
 
 
-def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 512, loss=None) -> dict:
+def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 512, loss=None,
+             compute_dtype=None, loss_scale=None) -> dict:
     """Metrics of the model (train=False) over all of (x, y), batch by batch.
 
     Returns {"loss", "accuracy"} for classification (integer labels; `loss` defaults to
@@ -273,12 +347,18 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 512, loss=N
     serves any data size, and the result is exact: the loss is the mean of per-example
     losses (for mse/mae/rmse the mean over all elements, rmse = √mse), whatever
     `batch_size`. Its default is `fit`'s `eval_batch_size`: evaluating fit's val_data
-    afterwards reuses the program fit compiled for it.
+    afterwards reuses the program fit compiled for it. `compute_dtype` (see `make_step`)
+    runs the model on casts of params, state and float inputs to it, the loss and metrics
+    on its outputs widened to float32. `loss_scale` is accepted (so one policy can be
+    passed to make_step, fit and evaluate alike), checked and ignored: evaluation has no
+    backward pass to scale.
     """
-    return _evaluator(model, params, state, x, y, batch_size=batch_size, loss=loss)(params, state)
+    mp.resolve_loss_scale(loss_scale, "evaluate")
+    return _evaluator(model, params, state, x, y, batch_size=batch_size, loss=loss,
+                      compute_dtype=compute_dtype)(params, state)
 
 
-def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss):
+def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss, compute_dtype=None):
     """`evaluate` in two halves: the checks of (x, y) against the model (with parameters
     like `params`, `state`) once, then a function (params, state) -> metrics dict that runs
     the jitted sums; fit builds one for val_data and calls it after every epoch."""
@@ -286,10 +366,11 @@ def _evaluator(model: Layer, params, state, x, y, *, batch_size, loss):
     x, y = np.asarray(x), np.asarray(y)
     n = _check_pair(x, y, where)
     batch_size = as_int(batch_size, "batch_size", where, error=FuncnetError)
+    dtype = mp.resolve_compute_dtype(compute_dtype, where)
     loss = _default_loss(y) if loss is None else loss
     task, _ = _check_data(model, params, state, x, y, loss, where)
     bs = min(int(batch_size), n)
-    fn = _eval_function(model, loss, task)
+    fn = _eval_function(model, loss, task, dtype)
     batches = []  # padded to one shape (no recompilation), with the mask of the real rows
     for start in range(0, n, bs):
         xb, yb = x[start:start + bs], y[start:start + bs]

@@ -1,4 +1,5 @@
 """funcnet.checkpoint: exact round trips, `like` checking, bad files, atomic saves, step files."""
+import collections
 import json
 import os
 import zipfile
@@ -197,6 +198,33 @@ def test_mismatched_like_lists_every_difference(tmp_path):
                                                       r"key<threefry2x32>\(\), like has PRNG key<rbg>"):
         ck.restore(tmp_path / "c.npz", like={**tree, "train": tree["train"]._replace(
             key=jax.random.key(0, impl="rbg"))})
+
+
+class Record(NamedTuple):  # a type whose first version had only w and n
+    w: jax.Array
+    n: int
+    scale: object = None  # fields added later, with defaults
+    extra: object = (1, 2)
+
+
+# The same type's first version, and a version adding a field without a default.
+RecordBefore = collections.namedtuple("Record", "w n")
+RecordRequired = collections.namedtuple("Record", "w n count")
+
+
+def test_a_field_added_later_with_a_default_restores_as_the_default(tmp_path):
+    path = tmp_path / "before.npz"
+    ck.save(path, {"s": RecordBefore(jnp.arange(3.0), 4)})
+    like = {"s": Record(jnp.zeros(3), 0, scale=jnp.ones(()), extra=(jnp.zeros(2), 5))}
+    back = ck.restore(path, like=like)["s"]
+    assert type(back) is Record and back.n == 4 and np.array_equal(back.w, [0.0, 1.0, 2.0])
+    assert back.scale is None and back.extra == (1, 2)  # the defaults, whatever `like` held
+    # a field without a default is still missing; a saved field is restored, not defaulted
+    with pytest.raises(CheckpointMismatchError, match="missing in checkpoint: s/count"):
+        ck.restore(path, like={"s": RecordRequired(jnp.zeros(3), 0, jnp.zeros(()))})
+    ck.save(path, {"s": Record(jnp.arange(3.0), 4, scale=jnp.float32(8.0), extra=(jnp.ones(2), 6))})
+    back = ck.restore(path, like=like)["s"]
+    assert float(back.scale) == 8.0 and back.extra[1] == 6
 
 
 def _assert_clear(path, pattern):
@@ -425,6 +453,10 @@ def test_a_file_written_by_the_first_version_still_restores():
     assert restored["extras"][:5] == plain["extras"][:5] == [None, "text", 3, 2.5, True]
     assert restored["extras"][6].dtype == jnp.bfloat16 == plain["extras"][6].dtype
     assert jax.dtypes.issubdtype(restored["extras"][5].dtype, jax.dtypes.prng_key)
-    assert type(plain["train"]).__name__ == "TrainState" and plain["train"]._fields == like["train"]._fields
+    # the file predates TrainState.loss_scale: its five fields, and the restore fills in the default
+    assert type(plain["train"]).__name__ == "TrainState"
+    old_fields = ("params", "state", "opt_state", "step", "key")
+    assert plain["train"]._fields == like["train"]._fields[:5] == old_fields
+    assert restored["train"].loss_scale is None
     for a, b in zip(jax.tree_util.tree_leaves(restored["train"]), jax.tree_util.tree_leaves(plain["train"])):
         assert np.array_equal(np.asarray(a), b) and np.asarray(a).dtype == b.dtype

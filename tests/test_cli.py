@@ -128,10 +128,26 @@ def test_train_on_idx_files(tmp_path, capsys):
     assert record["test"]["accuracy"] > 0.8 and len(record["history"]) == 2
 
 
+def test_train_in_bfloat16_says_its_policy(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--model", "mlp", "--epochs", "1", "--compute-dtype", "bfloat16",
+                     "--no-gradcheck", "--no-progress", "--out", str(out)])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "precision: bfloat16 compute, float32 master params and optimizer state" in lines
+    record = json.loads((out / "history.json").read_text())
+    assert record["config"]["compute_dtype"] == "bfloat16" and record["test"]["accuracy"] > 0.8
+    saved = checkpoint.restore(checkpoint.latest(out / "checkpoints"))
+    assert {a.dtype for a in jax.tree_util.tree_leaves(saved.params)} == {np.dtype("float32")}
+    assert saved.loss_scale is None  # no loss scaling unless asked for (or float16)
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "cifar"], "cifar"),
     (["train", "--data", "idx:only-one-path"], "two paths"),
     (["train", "--epochs", "0"], "--epochs must be >= 1"),
+    (["train", "--loss-scale", "-1"], "--loss-scale must be dynamic, none or a finite number > 0, got '-1'"),
+    (["train", "--loss-scale", "lots"], "--loss-scale must be dynamic, none or a finite number > 0"),
 ])
 def test_bad_arguments_are_clear_errors(args, message, capsys):
     assert cli.main(args) == 2

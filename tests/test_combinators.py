@@ -203,7 +203,7 @@ def test_time_distributed_wrong_rank_is_named():
 def test_fn_parallel_is_the_combinator():
     # (the data-parallel helpers it also was are fn.sharding: tests/test_sharding.py)
     from funcnet.combinators import parallel
-    assert fn.parallel.__wrapped__ is parallel
+    assert fn.parallel is parallel  # a plain function, as in stax
     layer = fn.parallel(fn.dense(2), fn.relu)
     assert isinstance(layer, fn.Layer) and layer.name == "parallel"
     assert parallel(fn.relu).layers == (fn.relu,)

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from experiments import (char_model, cnn, fc_net, gradcheck, graph_net, init_study, losses,
-                         optimizers, regularization, resnet, sequence, xor)
+                         optimizers, precision, regularization, resnet, sequence, xor)
 
 
 def run(module, tmp_path, *figures):
@@ -159,3 +159,21 @@ def test_char_model_beats_the_unigram_and_samples_from_the_vocabulary(tmp_path):
         assert len(text) == m["config"]["sample_length"] and set(text) <= set(vocab)
         # sampling is a pure function of the seed (the study drew each seed twice)
         assert r["same_seed_same_sample"] and r["next_seed_sample"] != text
+
+
+def test_precision_trains_in_16_bits_on_float32_masters(tmp_path):
+    m = run(precision, tmp_path)
+    assert (tmp_path / "results.md").read_text().startswith("# Mixed precision")
+    assert "claims" not in m and "char" not in m  # --quick: the study's claims are full-size
+    for study, low in (("lenet", "bfloat16"), ("mlp", "float16+dynamic")):
+        runs = m[study]["runs"]
+        assert list(runs) == ["float32", low] and m[study]["dataset"] == "digits"
+        for r in runs.values():  # the master copy stays float32 whatever the compute dtype
+            assert r["param_dtypes"] == ["float32"] and r["opt_state_float_dtypes"] == ["float32"]
+            assert r["step_seconds"] > 0 and math.isfinite(r["final_train_loss"])
+        # the same seed, data and steps: one epoch lands within a few points of float32
+        assert abs(runs[low]["accuracy_minus_float32_points"]) < 5
+        assert abs(runs[low]["test_accuracy_float32_eval"] - runs[low]["test_accuracy"]) < 0.05
+    scaled = m["mlp"]["runs"]["float16+dynamic"]
+    assert scaled["final_loss_scale"] == 2.0 ** (15 - scaled["skipped_steps"])
+    assert m["mlp"]["runs"]["float32"]["test_accuracy"] > 0.5

@@ -3,6 +3,7 @@ still read from funcnet.train.
 
 Real training runs on scikit-learn's digits; every run is seeded from an explicit key.
 """
+import collections
 import io
 import os
 import signal
@@ -12,6 +13,7 @@ import textwrap
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -246,6 +248,60 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
         run_fit(tmp_path, batch_size=20)
 
 
+def test_a_checkpoint_written_before_loss_scale_resumes(tmp_path, uninterrupted):
+    """A TrainState checkpoint of five fields (before TrainState.loss_scale), its partial
+    sums without "skipped": the run resumes from it exactly."""
+    run_fit(tmp_path, epochs=None, steps=13)
+    path = checkpoint.latest(tmp_path)
+    meta = checkpoint.read_metadata(path)
+    OldTrainState = collections.namedtuple("TrainState", "params state opt_state step key")
+    old_meta = {k: v for k, v in meta.items() if k != "loss_scale"}
+    old_meta["partial"] = {k: v for k, v in meta["partial"].items() if k != "skipped"}
+    checkpoint.save(path, OldTrainState(*checkpoint.restore(path)[:5]), metadata=old_meta)
+    assert checkpoint.restore(path)._fields == OldTrainState._fields
+    assert_same_run(run_fit(tmp_path), uninterrupted)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+MIXED = dict(compute_dtype=jnp.bfloat16, loss_scale="dynamic")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_bf16(tmp_path_factory):
+    return run_fit(tmp_path_factory.mktemp("whole_bf16"), **MIXED)
+
+
+def test_bfloat16_fit_with_batch_norm_trains_and_resumes_exactly(tmp_path, uninterrupted_bf16):
+    ts, history = uninterrupted_bf16
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["train_accuracy"][-1] > 0.8
+    leaves = jax.tree_util.tree_leaves((ts.params, ts.state))
+    assert {np.dtype(a.dtype).name for a in leaves} == {"float32"}  # master params and state
+    assert history["skipped"] == [0, 0, 0, 0] and int(ts.loss_scale.good_steps) == 40
+    assert float(ts.loss_scale.scale) == 2.0 ** 15
+    first, _ = run_fit(tmp_path, epochs=None, steps=13, **MIXED)
+    assert int(first.step) == 13
+    saved = checkpoint.restore(checkpoint.latest(tmp_path))
+    assert int(saved.loss_scale.good_steps) == 13  # the scale is checkpointed with the state
+    assert_same_run(run_fit(tmp_path, **MIXED), uninterrupted_bf16)
+
+
+def test_fit_counts_the_steps_skipped_for_overflow():
+    """float16 with dynamic loss scaling on inputs whose scaled dW overflows float16 (as in
+    tests/test_mixed_precision.py): the first steps are skipped until the scale fits."""
+    x = np.full((16, 3), 100.0, np.float32)
+    y = np.arange(16, dtype=np.int32) % 2
+    ts, history = train.fit(fn.serial(fn.dense(2)), optax.sgd(0.1), (x, y), epochs=2,
+                            batch_size=4, key=KEY, progress=False, compute_dtype=jnp.float16,
+                            loss_scale="dynamic")
+    skipped = sum(history["skipped"])
+    assert history["skipped"][0] >= 2 and skipped < 8
+    assert float(ts.loss_scale.scale) == 2.0 ** (15 - skipped)  # halved once per skip
+    assert int(ts.step) == 8 and len(history.step_losses) == 8
+    assert all(np.isfinite(history["train_loss"]))
+
+
 # ----------------------------------------------------------------------------- explicit choices
 
 def test_numpy_ints_are_accepted_like_python_ints(digits):
@@ -279,3 +335,15 @@ def test_train_does_not_import_fit():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr[-3000:]
 
+
+
+def test_a_forward_that_overflows_float16_stops_the_run_even_with_loss_scaling():
+    """Skipping is for gradients that overflow; a loss that is itself infinite (the forward
+    overflowed, whatever the scale) stops the run and names the step, as without scaling."""
+    x = np.full((8, 3), 60000.0, np.float32)  # x @ w overflows float16's 65504
+    y = np.arange(8, dtype=np.int32) % 2
+    model = fn.serial(fn.dense(2, w_init=fn.initializers.ones))
+    stop = r"the training loss became (inf|nan) at step 1 \(epoch 1, batch 1"
+    with pytest.raises(train.NonFiniteLossError, match=stop):
+        train.fit(model, optax.sgd(0.1), (x, y), epochs=2, batch_size=4, key=KEY, progress=False,
+                  compute_dtype=jnp.float16, loss_scale="dynamic")

@@ -1,5 +1,8 @@
 """A catalogue of deliberately wrong gradient rules: each is caught, in its own test, and its
-correct twin passes over several seeds (3 by default, 200 under `pytest --slow`); and
+correct twin passes over several seeds (3 by default, 200 under `pytest --slow`) — among
+them what only the newer checks see (a wrong custom_jvp rule: check_jvp; a wrong
+custom_vmap rule and a host backward that takes vmap's axis for its batch: check_vmap; a
+rule drawing a fresh random key, a rule giving NaN: check_vjp); and
 test_every_correct_rule_passes_over_many_seeds runs every correct rule alone over 200 seeds
 under --slow (2 other seeds by default): correct rules never flake. Float64 differences,
 tiny shapes; the checks run eagerly, so seeds are cheap."""
@@ -9,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.custom_batching import custom_vmap
 
 import funcnet as fn
 from funcnet import _random as fr  # jax.random's values, flat draws: faster to compile
@@ -245,6 +249,94 @@ def test_wrong_second_derivative(seeds):
     vjp_catalogue(f, good, frozen, [(4,)], seeds, check=fn.check_hvp)
 
 
+# --- what only the newer checks see: forward mode, batching, determinism, NaN ---------
+
+def jvp_rule(f, tangent):
+    """f with the custom_jvp rule (x, t) -> tangent(x, t)."""
+    g = jax.custom_jvp(f)
+    g.defjvp(lambda p, t: (f(p[0]), tangent(p[0], t[0])))
+    return g
+
+
+def softplus(x):
+    return jnp.logaddexp(x, 0.0)
+
+
+def softplus_jvp(x, t):
+    return jax.nn.sigmoid(x) * t
+
+
+def test_wrong_custom_jvp_rule(seeds):
+    """σ(−x) for σ(x): a forward-mode rule, which check_vjp never calls on a custom_vjp."""
+    caught_and_twin_passes(lambda t, *a: fn.check_jvp(jvp_rule(softplus, t), *a,
+                                                      key=jax.random.PRNGKey(7)),
+                           softplus_jvp, lambda x, t: jax.nn.sigmoid(-x) * t,
+                           lambda s: normal(s, (2, 3)), seeds)
+
+
+def vmap_rule(batched):
+    """2 sin x with the custom_vmap rule x -> batched(x) for a batch of x."""
+    f = custom_vmap(lambda x: 2 * jnp.sin(x))
+    f.def_vmap(lambda axis_size, in_batched, x: (batched(x), in_batched[0]))
+    return f
+
+
+def test_wrong_custom_vmap_rule(seeds):
+    """A batching rule that mixes up the examples: one example at a time it is never used."""
+    caught_and_twin_passes(lambda b, *a: fn.check_vmap(vmap_rule(b), *a,
+                                                       key=jax.random.PRNGKey(7)),
+                           lambda x: 2 * jnp.sin(x), lambda x: 2 * jnp.sin(x[::-1]),
+                           lambda s: normal(s, (3, 2)), seeds)
+
+
+def bias_add(axis):
+    """x + b (x: (n, d), b: (d,)) whose backward sums db on the host over `axis`, declared
+    vectorized (vmap_method="expand_dims": under vmap the host sees a leading batch axis)."""
+    f = jax.custom_vjp(lambda x, b: x + b)
+
+    def bwd(_, g):
+        db = jax.pure_callback(lambda g: np.sum(g, axis=axis), jax.ShapeDtypeStruct(
+            g.shape[-1:], g.dtype), g, vmap_method="expand_dims")
+        return g, db
+
+    f.defvjp(lambda x, b: (x + b, None), bwd)
+    return f
+
+
+def test_backward_summing_over_axis_0_taken_for_the_batch(seeds):
+    """db = Σ over axis 0 is right for one call (axis 0 is the batch of rows there) and
+    wrong under vmap, where the host's axis 0 is vmap's: only check_vmap sees it."""
+    args = lambda s: normal(s, (3, 3, 2), (3, 2))  # noqa: E731 -- 3 examples of 3 rows, 3 b
+    caught_and_twin_passes(lambda axis, *a: fn.check_vmap(bias_add(axis), *a,
+                                                          key=jax.random.PRNGKey(7)),
+                           -2, 0, args, seeds)
+    assert fn.check_vjp(bias_add(0), *[a[0] for a in args(0)]).ok  # one example: right
+
+
+DRAWS = iter(range(10 ** 9))
+
+
+def test_rule_drawing_a_random_key(seeds):
+    """Noise of 1e-12 from a fresh key per call: far inside the tolerance of the
+    differences; two evaluations of the rule differ."""
+    noisy = lambda x, g: (g * jnp.cos(x) + 1e-12 * jax.random.normal(  # noqa: E731
+        jax.random.PRNGKey(next(DRAWS)), x.shape, x.dtype),)
+    vjp_catalogue(jnp.sin, sin_vjp, noisy, [(2, 3)], seeds)
+
+
+def safe_root(x):
+    """√x for x > 0, else 0, with a finite derivative everywhere (the where inside)."""
+    return jnp.where(x > 0, jnp.sqrt(jnp.where(x > 0, x, 1.0)), 0.0)
+
+
+def test_nan_rule(seeds):
+    """√x's derivative masked by multiplying: (1 / 2√x) · [x > 0] is NaN · 0 = NaN where
+    x < 0, whose true derivative is 0."""
+    good = lambda x, g: (jnp.where(x > 0, 0.5 / jnp.sqrt(jnp.where(x > 0, x, 1.0)), 0.0) * g,)  # noqa: E731
+    bad = lambda x, g: (0.5 / jnp.sqrt(x) * (x > 0).astype(x.dtype) * g,)  # noqa: E731
+    vjp_catalogue(safe_root, good, bad, [(2, 3)], seeds)
+
+
 def _vjp(f, good, *shapes, check=fn.check_vjp):
     return lambda s: check(rule(f, good), *normal(s, *shapes), key=jax.random.PRNGKey(7))
 
@@ -262,6 +354,14 @@ CORRECT_RULES = {  # every correct rule of the catalogue: seed -> its report
     "sin": _vjp(jnp.sin, sin_vjp, (5,)),
     "projection": _vjp(project, project_vjp, (4,)),
     "sin(x) x, second order": _vjp(sin_x, sin_x_vjp, (4,), check=fn.check_hvp),
+    "softplus (custom_jvp)": lambda s: fn.check_jvp(jvp_rule(softplus, softplus_jvp),
+                                                    *normal(s, (2, 3)), key=jax.random.PRNGKey(7)),
+    "2 sin (custom_vmap)": lambda s: fn.check_vmap(vmap_rule(lambda x: 2 * jnp.sin(x)),
+                                                   *normal(s, (3, 2)), key=jax.random.PRNGKey(7)),
+    "bias add (host backward)": lambda s: fn.check_vmap(
+        bias_add(-2), *normal(s, (3, 3, 2), (3, 2)), key=jax.random.PRNGKey(7)),
+    "√x where x > 0": _vjp(safe_root, lambda x, g: (
+        jnp.where(x > 0, 0.5 / jnp.sqrt(jnp.where(x > 0, x, 1.0)), 0.0) * g,), (2, 3)),
 }
 
 

@@ -1,5 +1,7 @@
 """check_vjp, check_backward, check_hvp, check_layer: values, reports, kinks, precision and
 bad input (the catalogue of wrong rules is tests/test_gradcheck_catalogue.py)."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -223,3 +225,95 @@ def test_a_large_leaf_is_checked_along_random_directions():
     assert "arg1 projected (4 directions): FAIL at direction (" in str(bad)
     sampled = fn.check_vjp(f, x, w, samples=64)  # coordinate sampling stays available
     assert not sampled.ok and sampled.rows[1].path == "arg1"
+
+
+def test_a_nan_gradient_fails_naming_the_element_and_the_leg():
+    """jnp.where(x > 0, sqrt(x), 0): autodiff's derivative is NaN where x < 0 (0 · inf),
+    the true one 0. It used to pass (NaN read as "not sampled")."""
+    f = lambda x: jnp.where(x > 0, jnp.sqrt(x), 0.0)  # noqa: E731
+    x = jnp.array([-2, -1, -0.5, 0.5, 1, 2.0])
+    report = fn.check_vjp(f, x)
+    assert not report.ok and report.verdict == "FAIL"
+    row = report.failures[0]
+    assert row.path == "arg0" and row.worst_index == (0,)
+    assert "rule is nan at element (0,) where the numerical derivative is 0.0" in str(report)
+    safe = lambda x: jnp.sqrt(jnp.where(x > 0, x, 1.0)) * (x > 0)  # noqa: E731 -- the fix
+    assert fn.check_vjp(safe, x).ok
+    inf = jax.custom_vjp(lambda x: x * 2.0)
+    inf.defvjp(lambda x: (x * 2.0, None), lambda _, g: (g * jnp.inf,))
+    assert re.search(r"rule is -?inf at element \(0,\)", str(fn.check_vjp(inf, x)))
+    with pytest.raises(fn.FuncnetError, match="holds NaN or inf"):  # a bad input stays an error
+        fn.check_vjp(f, x.at[1].set(jnp.inf))
+
+
+def test_a_rule_drawing_randomness_fails_the_repeat_and_jit_rows():
+    """Noise far below the tolerance passes the differences, but two evaluations of the rule
+    differ: the row says so; nondet_tol relaxes it. Passing consistency rows are not shown."""
+    draws = iter(range(10 ** 6))
+
+    def noisy_bwd(x, g):
+        key = jax.random.PRNGKey(next(draws))  # a fresh key per call: global state
+        return (g * jnp.cos(x) + 1e-12 * fr.normal(key, x.shape, x.dtype),)
+
+    noisy = jax.custom_vjp(jnp.sin)
+    noisy.defvjp(lambda x: (jnp.sin(x), x), noisy_bwd)
+    x = inputs()[0]
+    report = fn.check_vjp(noisy, x)
+    assert not report.ok and [r.path for r in report.failures] == ["rule evaluated twice"]
+    assert "two evaluations of the rule differ (does it draw randomness" in str(report)
+    assert report.rows[0].ok  # the rule itself agrees with the differences
+    assert fn.check_vjp(noisy, x, nondet_tol=1e-9).ok
+    good = fn.check_vjp(tanh_affine, *inputs())
+    assert good.ok and [r.path for r in good.rows] == ["arg0", "arg1"]
+
+
+def test_the_rule_under_jit_and_evaluated_twice():
+    """A backward that counts its calls in a global changes between two evaluations; one
+    that computes on the host (np.cos of its residual) runs eagerly but not under jax.jit,
+    where f does: each fails its own row. jit="eager" skips the jit row."""
+    calls = {"n": 0}
+
+    def counting(x, g):
+        calls["n"] += 1
+        return (g * jnp.cos(x) * (1.0 + 1e-3 * (calls["n"] % 2)),)
+
+    f = jax.custom_vjp(jnp.sin)
+    f.defvjp(lambda x: (jnp.sin(x), x), counting)
+    x = inputs()[0]
+    report = fn.check_vjp(f, x, cotangents=1, rtol=1e-2)
+    assert [r.path for r in report.failures] == ["rule evaluated twice"]
+    host = jax.custom_vjp(jnp.sin)
+    host.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * np.cos(np.asarray(x)),))
+    report = fn.check_vjp(host, x)
+    assert [r.path for r in report.failures] == ["rule under jax.jit"]
+    assert "the rule fails under jax.jit where f runs: TracerArrayConversionError" in str(report)
+    assert fn.check_vjp(host, x, jit="eager").ok
+    assert fn.check_vjp(tanh_affine, *inputs(), jit="jit").ok
+    with pytest.raises(fn.FuncnetError, match='jit must be "both", "eager" or "jit"'):
+        fn.check_vjp(tanh_affine, *inputs(), jit="sometimes")
+
+
+def test_every_checker_fails_a_nan_leg_with_its_name():
+    """check_hvp, check_backward, check_gradients and check_layer: a NaN in any leg fails
+    its row and says which leg, where."""
+    x = jnp.array([-2, -1, -0.5, 0.5, 1, 2.0])
+    sq = lambda x: jnp.where(x > 0, jnp.sqrt(x), 0.0)  # noqa: E731
+    assert "rule is nan at element (0,)" in str(fn.check_hvp(lambda x: jnp.sum(sq(x)), x))
+
+    def np_forward(x):
+        return np.sqrt(np.maximum(x, 0.0)), x
+
+    with np.errstate(all="ignore"):
+        report = fn.check_backward(np_forward, lambda d, x: d * 0.5 / np.sqrt(x), np.asarray(x))
+    assert "backward is nan at element (0,) where the numerical derivative is 0.0" in str(report)
+
+    def forward(params, state, x, *, train=False, key=None):
+        return sq(x), state, x
+
+    layer = fn.Layer(lambda key, shape, dtype=None: ({}, {}), forward,
+                     lambda p, x, dy: ({}, dy * jnp.where(x > 0, 0.5 / jnp.sqrt(jnp.abs(x)), 0.0)),
+                     "root")
+    report = fn.check_gradients(layer, {}, {}, x.reshape(2, 3))
+    assert [r.path for r in report.failures] == ["input"]
+    assert "input: FAIL autodiff is nan at element (0, 0) where manual is -0.0" in str(report)
+    assert not fn.check_layer(layer, (2, 3), modes=(False,)).ok

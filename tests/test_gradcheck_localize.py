@@ -156,3 +156,25 @@ def test_a_wrong_layer_deep_in_a_resnet_and_in_a_transformer_attention_is_named(
         report = fn.check_gradients(gpt, params, state, ids, ids, losses.softmax_cross_entropy)
     assert report.notes[-1].startswith("layer 2 (residual) > layer 1 (self_attention): backward "
                                        "disagrees"), report.notes
+
+
+def test_a_wrong_derivative_outside_the_backwards_is_said_to_be_there():
+    """Every backward agrees with autodiff at its inputs: a wrong custom_vjp inside a forward
+    (autodiff itself is wrong) or a wrong `.grad` of the loss (the upstream gradient)."""
+    @jax.custom_vjp
+    def square(x):
+        return x ** 2
+    square.defvjp(lambda x: (x ** 2, x), lambda x, g: (3 * x * g,))  # should be 2x
+
+    def forward(params, state, x, *, train=False, key=None):
+        return square(x), state, {"x": x}
+    mine = fn.Layer(lambda key, shape, dtype=None: ({}, {}), forward,
+                    lambda params, cache, dy: ({}, 3 * cache["x"] * dy), "my_square")
+    note = check(fn.serial(fn.dense(3), mine, fn.dense(2)), (2, 4)).notes[-1]
+    assert note.startswith("the hand backward agrees with autodiff, but autodiff disagrees with the "
+                           "finite differences"), note
+    model, params, state, x, y = setup()
+    wrong_loss = lambda z, t: losses.softmax_cross_entropy(z, t)  # noqa: E731
+    wrong_loss.grad = lambda z, t: 2 * losses.softmax_cross_entropy.grad(z, t)
+    report = fn.check_gradients(model, params, state, x, y, wrong_loss)
+    assert report.notes[-1].endswith("in the upstream gradient (the loss's `.grad`)"), report.notes

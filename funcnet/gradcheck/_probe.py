@@ -1,6 +1,7 @@
 """What the function checks share: splitting arguments into differentiable leaves and
-constants, input checks (NaN, output dtype, purity), and centred plus one-sided
-differences of a vector of scalars ⟨cᵏ, f(x)⟩ along chosen coordinates."""
+constants, input checks (NaN, output dtype, purity), a guard that turns an exception in the
+user's code into a FuncnetError saying what failed, random cotangents, and centred plus
+one-sided differences of a vector of scalars ⟨cᵏ, f(x)⟩ along chosen coordinates."""
 from __future__ import annotations
 
 import jax
@@ -26,7 +27,7 @@ def split_args(args, where):
                            f"(got dtypes {[str(leaf.dtype) for leaf in leaves]})")
     for j in floats:
         if not bool(jnp.all(jnp.isfinite(leaves[j]))):
-            raise FuncnetError(f"{where}: argument {_name(paths[j])} holds NaN or inf; "
+            raise FuncnetError(f"{where}: argument {arg_name(paths[j])} holds NaN or inf; "
                                f"gradients can only be checked at finite inputs")
 
     def rebuild(float_leaves):
@@ -35,10 +36,10 @@ def split_args(args, where):
             full[j] = leaf
         return jax.tree_util.tree_unflatten(treedef, full)
 
-    return [leaves[j] for j in floats], rebuild, [_name(paths[j]) for j in floats]
+    return [leaves[j] for j in floats], rebuild, [arg_name(paths[j]) for j in floats]
 
 
-def _name(keystr):
+def arg_name(keystr):
     """'[0]["w"]' -> 'arg0/w'."""
     parts = [p.strip("[]'\"") for p in keystr.replace("][", "]|[").split("|") if p]
     return "/".join(["arg" + parts[0]] + parts[1:]) if parts else "arg"
@@ -99,3 +100,40 @@ def _scatter(values, idx, offsets, leaves):
         full[:, idx[mine] - offsets[j]] = values[mine].T
         out.append(full.reshape((k,) + tuple(leaf.shape)))
     return out
+
+
+def guard(where, what, thunk):
+    """Run thunk(); an exception from inside JAX becomes a FuncnetError saying what failed."""
+    try:
+        return thunk()
+    except FuncnetError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's code may raise anything
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FuncnetError(f"{where}: {what} failed: {type(e).__name__}: {first}") from e
+
+
+def cotangents(out, key, k):
+    """k random normal cotangents for f's output pytree, stacked on a leading axis."""
+    leaves, treedef = jax.tree_util.tree_flatten(out)
+    keys = jax.random.split(key, len(leaves))
+    return treedef, [kernels.normal(kk, (k,) + jnp.shape(y), jnp.asarray(y).dtype)
+                     for kk, y in zip(keys, leaves)]
+
+
+def project(h, cts):
+    """g(leaves) -> (K,): ⟨cᵏ, h(leaves)⟩ for each stacked cotangent cᵏ."""
+    def g(leaves):
+        ys = jax.tree_util.tree_leaves(h(leaves))
+        return sum(jnp.sum(c * jnp.asarray(y, c.dtype)[None], axis=tuple(range(1, c.ndim)))
+                   for c, y in zip(cts, ys))
+    return g
+
+
+def scale(cts, out) -> float:
+    """max over cotangents cᵏ of Σ |cᵏ ⊙ f(x)| over the finite elements: the size of the
+    scalars the checks difference (a NaN or infinity in f's output is its own failure)."""
+    ys = [np.asarray(y, np.float64) for y in jax.tree_util.tree_leaves(out)]
+    per = [sum(float(np.sum(np.abs(np.asarray(c[i], np.float64) * y)[np.isfinite(y)]))
+               for c, y in zip(cts, ys)) for i in range(cts[0].shape[0])] if cts else [0.0]
+    return max(per)

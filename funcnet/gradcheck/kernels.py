@@ -18,6 +18,10 @@ import numpy as np
 
 __all__ = []
 
+# Bisection steps (one directional difference each) spent to name the element behind a
+# failing projected row.
+BISECT_BUDGET = 32
+
 # Leaves above this many elements are checked along random directions when samples="auto"
 # (every element is still compared rule vs reference / manual vs autodiff).
 PROJECT_ABOVE = 2048
@@ -31,8 +35,8 @@ EAGER_CHUNK = 512
 # An element is "at a kink" when its one-sided differences disagree by more than this
 # (relative, plus 100 absolute floors): a smooth f gives |fwd − bwd| ≈ ε |f''|, far below.
 KINK_RTOL = 1e-3
-# More failing elements than this in one leaf is a wrong formula, not a few kinks: none of
-# them is excused.
+# More failing elements than this in one leaf is a wrong formula, not a few kinks or a
+# few unlucky differences: none is differenced again (and check_gradients excuses none).
 KINK_LIMIT = 16
 
 # The streams of a check's one key, k_stream = jax.random.fold_in(key, STREAM): each kind
@@ -118,20 +122,59 @@ def excess(a, b, rtol, atol):
     """Per element, how far |a − b| exceeds its tolerance rtol (|a| + |b|) + atol (<= 0
     passes; NaN, an unsampled element, -> -inf)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    out = np.abs(a - b) - (rtol * (np.abs(a) + np.abs(b)) + atol)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf: a non-finite leg, failed apart
+        out = np.abs(a - b) - (rtol * (np.abs(a) + np.abs(b)) + atol)
     return np.where(np.isnan(out), -np.inf, out)
 
 
 def kink_mask(forward, backward, floor):
-    """Elements whose one-sided differences disagree beyond KINK_RTOL (plus 100 floors)."""
-    gap = np.abs(np.asarray(forward, np.float64) - np.asarray(backward, np.float64))
-    return np.nan_to_num(gap) > KINK_RTOL * (np.abs(forward) + np.abs(backward)) + 100 * floor
+    """Elements whose one-sided differences disagree beyond KINK_RTOL (plus 100 floors);
+    never an element where either is NaN or infinite (that is no kink: it fails)."""
+    fw, bw = np.asarray(forward, np.float64), np.asarray(backward, np.float64)
+    finite = np.isfinite(fw) & np.isfinite(bw)
+    with np.errstate(invalid="ignore"):
+        gap = np.where(finite, np.abs(fw - bw), 0.0)
+        return finite & (gap > KINK_RTOL * (np.abs(fw) + np.abs(bw)) + 100 * floor)
 
 
-def kinks_among(failing, forward, backward, floor, limit: int = KINK_LIMIT):
-    """The failing elements that are at a kink; none when more than `limit` fail (that is a
-    wrong formula, not a few kinks) or when no one-sided differences exist (None)."""
-    failing = np.asarray(failing, bool)
-    if forward is None or failing.sum() > limit:
-        return np.zeros(failing.shape, bool)
-    return failing & kink_mask(forward, backward, floor)
+def error_bar(coarse, fine, eps, scale=0.0, dtype=np.float64):
+    """(estimate, error bar) of a derivative from centred differences at steps ε (`coarse`)
+    and ε/2 (`fine`). Their truncation errors are c ε² and c ε²/4 (+ O(ε⁴)), so Richardson's
+    (4 fine − coarse) / 3 cancels the ε² term, and 2 |coarse − fine| (the coarse one's
+    error is 4/3 of |coarse − fine| while that term dominates: a margin of 1.5 for the next
+    terms) plus the round-off of a difference, machine ε · scale / ε (scale: the size of
+    the values differenced), bounds the error of either, hence of the estimate."""
+    coarse, fine = np.asarray(coarse, np.float64), np.asarray(fine, np.float64)
+    with np.errstate(invalid="ignore"):
+        estimate = (4 * fine - coarse) / 3
+        bar = 2 * np.abs(coarse - fine) + np.finfo(dtype).eps * abs(scale) / eps
+    return estimate, bar
+
+
+def second_look(value, coarse, fine, rtol, atol, eps, scale=0.0, dtype=np.float64):
+    """A failing element seen again with its error bar: (the better numerical estimate,
+    mask of elements that now pass, mask of elements numerically unreliable — whose error
+    bar exceeds the tolerance, so no verdict can be given)."""
+    estimate, bar = error_bar(coarse, fine, eps, scale, dtype)
+    value = np.asarray(value, np.float64)
+    with np.errstate(invalid="ignore"):
+        tol = rtol * (np.abs(value) + np.abs(estimate)) + atol
+        passes = np.abs(value - estimate) <= tol
+        unreliable = ~passes & (bar > tol) & np.isfinite(estimate) & np.isfinite(value)
+    return estimate, passes, unreliable
+
+
+def bisect(discrepancy, support, total, budget: int = BISECT_BUDGET):
+    """The flat index of an element behind a projected discrepancy, or None. discrepancy(S)
+    = ⟨g, v_S⟩ − (directional difference along v_S), v_S the failing direction restricted to
+    the coordinates S; it is additive over disjoint parts (up to the differencing error),
+    so halving S and keeping the half with the larger |discrepancy| needs one directional
+    difference per step (the other half's is `total` minus it): log2(n) steps to one
+    element, at most `budget` of them."""
+    support = np.asarray(support)
+    while support.size > 1 and budget > 0:
+        first, second = support[:support.size // 2], support[support.size // 2:]
+        d1 = float(discrepancy(first))
+        budget -= 1
+        support, total = (first, d1) if abs(d1) >= abs(total - d1) else (second, total - d1)
+    return int(support[0]) if support.size == 1 else None

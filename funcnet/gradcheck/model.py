@@ -9,12 +9,12 @@ import numpy as np
 
 from .. import _random
 from ..core import FuncnetError, Layer, param_paths
-from . import _precision, kernels
+from . import _precision, _probe, kernels, recheck
 from .fused import fused_check, step
 from .kernels import PROJECT_ABOVE
 from .localize import localize
 from .numerical import coordinate_differences
-from .report import GradientReport, combined_row, leaf_row
+from .report import Comparison, GradientReport, combined_row, leaf_row
 from .settings import Settings, samples_option
 
 __all__ = ["check_gradients"]
@@ -144,6 +144,7 @@ class _Numerics(NamedTuple):
     vs: dict
     along: dict
     eps: float
+    unsampled: list
 
 
 def _numerics(objective, exact, point, settings):
@@ -159,14 +160,18 @@ def _numerics(objective, exact, point, settings):
         value, auto, man, coords, along = fused_check(objective, exact, point, big, vs,
                                                       settings.eps, one_by_one=kernels_)
         triples = [coords.get(j) for j in range(len(leaves))]
-        return _Numerics(float(value), auto, man, triples, vs, along, step(settings.eps, leaves))
+        return _Numerics(float(value), auto, man, triples, vs, along, step(settings.eps, leaves),
+                         [None] * len(leaves))
     value, auto, man = jax.jit(exact)(point)  # compiled: much faster than op by op
     samples = settings.samples
     picked = kernels.sample_coordinates(leaves, samples, None if samples is None else
                                         settings.sampling_key(kernels.COORDINATES))
     triples = coordinate_differences(objective, leaves, treedef, picked, settings.eps,
                                      chunk=settings.chunk)
-    return _Numerics(float(value), auto, man, triples, {}, {}, settings.eps)
+    unsampled = [np.ones(leaf.shape, bool) for leaf in leaves]
+    for mask, p in zip(unsampled, picked):
+        mask.flat[p] = False
+    return _Numerics(float(value), auto, man, triples, {}, {}, settings.eps, unsampled)
 
 
 def _check(problem, params, x, settings):
@@ -189,50 +194,95 @@ def _check(problem, params, x, settings):
     # manual/autodiff: round-off only
     floors = (floor * 1e-3 * (1 if settings.precision.f64 else 10), floor)
     rtols = (settings.manual_rtol, settings.rtol)
-    rows = [_row(path, m, a, got, j, rtols, floors, settings.directions)
+    again = _Again(objective, point, got.eps)
+    rows = [_row(path, m, a, got, j, rtols, floors, settings.directions, again)
             for j, (path, m, a) in enumerate(zip(paths, m_leaves, a_leaves))]
     notes = settings.precision.note(floor, got.eps, settings.rtol)
     if not diff_x:
         notes.append(f"input: constant ({jnp.asarray(x).dtype} ids), not differentiated")
     if not all(r.ok for r in rows):
-        notes.append(_blame(problem, params, x))
+        manual_ok = all(not np.any(kernels.excess(m, a, rtols[0], floors[0]) > 0)
+                        for m, a in zip(m_leaves, a_leaves))
+        notes.append(_blame(problem, params, x, manual_ok))
     return GradientReport(rows, got.value, {"rtol": settings.rtol, "manual_rtol": settings.manual_rtol,
                                             "atol": floor, "eps": got.eps}, notes)
 
 
-def _row(path, m, a, got, j, rtols, floors, directions):
+def _row(path, m, a, got, j, rtols, floors, directions, again):
     """Leaf j's row: manual vs autodiff element by element and autodiff vs the differences,
     coordinate by coordinate or (a projected leaf) along its random directions; elements at
-    a kink, among the failing ones, excused."""
+    a kink, among the failing ones, excused; a few failing ones differenced again at ε/2
+    (their error bars: recheck.judge)."""
     triple = got.coords[j]
-    num = np.full(np.shape(a), np.nan) if triple is None else triple[0]
-    failing = ((kernels.excess(m, a, rtols[0], floors[0]) > 0)
-               | (kernels.excess(a, num, rtols[1], floors[1]) > 0))
-    kinks = kernels.kinks_among(failing, *(triple[1:] if triple else (None, None)), floors[1])
+    num, kinks, unsure = np.full(np.shape(a), np.nan), np.zeros(np.shape(a), bool), None
+    if triple is not None:
+        manual_fails = kernels.excess(m, a, rtols[0], floors[0]) > 0
+        num, kinks, unsure = recheck.judge(
+            a, triple[0], triple[1], triple[2], rtols[1], floors[1], got.eps,
+            lambda mask: again.fine(j, np.flatnonzero(mask)), scale=abs(got.value),
+            also=manual_fails, kink_limit=kernels.KINK_LIMIT)
     named = [("manual", m), ("autodiff", a), ("numerical", num)]
     if j not in got.along:
-        return leaf_row(path, named, [(0, 1, rtols[0], floors[0]), (1, 2, rtols[1], floors[1])],
-                        kinks)
+        return leaf_row(path, named, [Comparison(0, 1, rtols[0], floors[0]), Comparison(
+            1, 2, rtols[1], floors[1], skip=got.unsampled[j], unreliable=unsure)], kinks)
     full = leaf_row(path, named[:2], [(0, 1, rtols[0], floors[0])], kinks)
-    return combined_row(f"{path} projected ({directions} directions)", np.shape(a), full,
-                        _projected_row(a, got.vs[j], got.along[j], rtols[1], floors[1]))
+    vs = np.asarray(got.vs[j], np.float64)
+    dots = np.tensordot(vs, np.asarray(a, np.float64), axes=np.ndim(a))
+    num_v, fw, bw = got.along[j]
+    proj = recheck.projected_row("", np.shape(a), dots, num_v, kernels.kink_mask(fw, bw, floors[1]),
+                                 vs, recheck.Probe(again.along(j), np.asarray(a), "autodiff"),
+                                 rtols[1], floors[1], got.eps, abs(got.value))
+    return combined_row(f"{path} projected ({directions} directions)", np.shape(a), full, proj)
 
 
-def _projected_row(auto, vs, diffs, rtol, floor):
-    """⟨autodiff, v⟩ vs the differences along v, directions at a kink excused."""
-    num, fw, bw = diffs
-    dots = np.tensordot(np.asarray(vs, np.float64), np.asarray(auto, np.float64),
-                        axes=np.ndim(auto))
-    return leaf_row("", [("autodiff·v", dots), ("numerical", num)], [(0, 1, rtol, floor)],
-                    kernels.kink_mask(fw, bw, floor), where="direction")
+class _Again:
+    """The objective differenced again, only where a comparison fails: `fine(j, coords)`,
+    the centred differences at half the step of leaf j's flat coordinates (leaf-shaped, NaN
+    elsewhere; eager, vmapped over the few coordinates), and `along(j)(u, step)`, the
+    centred difference along a direction u of leaf j (one compiled program, built on first
+    use)."""
+
+    def __init__(self, objective, point, step):
+        self.leaves, self.treedef = jax.tree_util.tree_flatten(point)
+        self.objective, self.step, self._compiled = objective, step, None
+
+    def _value(self, leaves):
+        return self.objective(jax.tree_util.tree_unflatten(self.treedef, leaves))
+
+    def fine(self, j, coords):
+        picked = [np.asarray(coords) if i == j else np.zeros(0, int) for i in range(len(self.leaves))]
+        diffs, _ = _probe.differences(lambda ls: self._value(ls)[None], self.leaves, picked,
+                                      self.step / 2)
+        return diffs[j][0][0]
+
+    def along(self, j):
+        if self._compiled is None:
+            self._compiled = jax.jit(self._value)
+
+        def centred(u, size):
+            moved = [list(self.leaves), list(self.leaves)]
+            for side, sign in zip(moved, (1.0, -1.0)):
+                side[j] = self.leaves[j] + sign * size * jnp.asarray(u, self.leaves[j].dtype)
+            return (float(self._compiled(moved[0])) - float(self._compiled(moved[1]))) / (2 * size)
+        return centred
 
 
-def _blame(problem, params, x):
-    """The localization note of a failed check (never raises: it only adds information)."""
+def _blame(problem, params, x, manual_ok):
+    """The localization note of a failed check (never raises: it only adds information).
+    When every layer's and container's backward agrees with autodiff at its own inputs, the
+    fault is outside the backwards: in the loss's hand gradient (manual and autodiff
+    differ), or in JAX's derivative of the forward (they agree; the differences do not)."""
     try:
         where = localize(problem.model, params, problem.state, x, train=problem.train,
                          key=problem.key, seed=problem.seed)
     except Exception as e:  # noqa: BLE001 -- a layer may not support the per-layer replay
         return f"could not localize the failure ({type(e).__name__}: {e})"
-    return where or ("every layer's backward agrees with autodiff of that layer alone: the "
-                     "fault is in how they are composed (a serial's or combinator's backward)")
+    if where:
+        return where
+    if not manual_ok:
+        return ("every layer's backward agrees with autodiff at its inputs: the manual gradient "
+                "differs before the model, in the upstream gradient (the loss's `.grad`)")
+    return ("the hand backward agrees with autodiff, but autodiff disagrees with the finite "
+            "differences: JAX's derivative of the forward is wrong (a custom_vjp or custom_jvp "
+            "rule, a stop_gradient, a non-differentiable op inside a layer's forward); check "
+            "such a function with fn.check_vjp")

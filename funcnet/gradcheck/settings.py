@@ -5,6 +5,7 @@ after `within(precision)` has applied the working precision's floors.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 from .._validate import as_int
@@ -24,7 +25,9 @@ class Settings(NamedTuple):
     (every coordinate); chunk: numerical_grad's; cotangents: how many random cotangents
     check_vjp tries; key: the check's one JAX key, every random draw comes from a stream
     of it (kernels.stream); sample_key: when given, the key of the sampled coordinates and
-    random directions instead of their streams of `key`."""
+    random directions instead of their streams of `key`; jit: "both" (check_vjp compares
+    the rule under jax.jit with the eager one), "eager" or "jit" (only that one); nondet_tol:
+    how far two evaluations of a rule may differ (0: bitwise equal)."""
 
     eps: float = 1e-5
     rtol: float = 1e-5
@@ -38,6 +41,8 @@ class Settings(NamedTuple):
     key: object = None
     sample_key: object = None
     precision: Precision = Precision(None)
+    jit: str = "both"
+    nondet_tol: float = 0.0
 
     def within(self, precision: Optional[Precision] = None) -> Settings:
         """These settings at the working precision (default: the current one, so call it
@@ -51,6 +56,7 @@ class Settings(NamedTuple):
         1e-6 · max(1, scale), widened where float64 is unavailable."""
         if self.atol is not None:
             return self.atol
+        scale = scale if math.isfinite(scale) else 0.0  # a NaN objective fails on its own
         return 1e-6 * self.precision.widen * max(1.0, scale)
 
     def sampling_key(self, tag: int):
@@ -69,3 +75,11 @@ def samples_option(value, where: str, *, auto: bool = True):
         return as_int(value, "samples", where, error=FuncnetError)
     except FuncnetError:
         raise FuncnetError(f"{where}: samples must be {kind}, got {value!r}") from None
+
+
+def jit_option(value, where: str) -> str:
+    """`jit` checked: "both" (or True), "eager" (or False), "jit"."""
+    named = {True: "both", False: "eager"}.get(value, value) if isinstance(value, bool) else value
+    if named not in ("both", "eager", "jit"):
+        raise FuncnetError(f'{where}: jit must be "both", "eager" or "jit", got {value!r}')
+    return named

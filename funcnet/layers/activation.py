@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .._validate import as_float
-from ..core import Layer
+from ..core import POINTWISE, Layer
 from ..ops import narrow, widen
 
 __all__ = ["relu", "sigmoid", "tanh", "sign", "identity", "gelu", "gelu_tanh", "softplus",
@@ -44,7 +44,7 @@ def _elementwise(name, f, derivative):
         return {}, narrow(widen(dy) * derivative(wide), out)
 
     backward.__doc__ = f"{f.__doc__}\n{derivative.__doc__}"
-    return Layer(_no_params, forward, backward, name, _same_shape)
+    return Layer(_no_params, forward, backward, name, _same_shape, decode=POINTWISE)
 
 
 def _relu(x):
@@ -198,7 +198,8 @@ def _softmax_backward(params, cache, dy):
     return {}, narrow(s * (dy - jnp.sum(dy * s, axis=-1, keepdims=True)), out)
 
 
-softmax = Layer(_no_params, _softmax_forward, _softmax_backward, "softmax", _same_shape)
+softmax = Layer(_no_params, _softmax_forward, _softmax_backward, "softmax", _same_shape,
+                decode=POINTWISE)
 
 
 def _log_softmax_forward(params, state, x, *, train=False, key=None):
@@ -214,4 +215,4 @@ def _log_softmax_backward(params, cache, dy):
 
 
 log_softmax = Layer(_no_params, _log_softmax_forward, _log_softmax_backward, "log_softmax",
-                    _same_shape)
+                    _same_shape, decode=POINTWISE)

@@ -3,6 +3,7 @@
 self_attention is torch.nn.MultiheadAttention(dim, num_heads, batch_first=True) with
 in_proj_weight = W_qkvᵀ, in_proj_bias = b_qkv, out_proj.weight = W_oᵀ, out_proj.bias = b_o.
 """
+import functools
 import math
 
 import jax
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 
 from .. import _random
 from .._validate import as_float, as_int, check, float_dtype, nonempty_shape
-from ..core import Layer
+from ..core import Decode, Layer, LayerError
 from ..initializers import _resolve, gaussian, glorot_uniform, zeros
 from .attention_blockwise import (accumulation_dtype, blockwise_attention,
                                   blockwise_attention_backward, column_dropout_mask)
@@ -187,7 +188,8 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
         dq, dk, dv = attend_backward(cache, do)
         return _projections_backward(params, cache, dy, dq, dk, dv)
 
-    return Layer(init, forward, backward, "self_attention", output_shape)
+    return Layer(init, forward, backward, "self_attention", output_shape,
+                 decode=_causal_decode(num_heads) if causal else None)
 
 
 def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
@@ -219,4 +221,60 @@ def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
         dw = jnp.zeros_like(params["w"]).at[:dy.shape[1]].set(dy.sum(0).astype(params["w"].dtype))
         return {"w": dw}, dy
 
-    return Layer(init, forward, backward, "positional_embedding", output_shape)
+    return Layer(init, forward, backward, "positional_embedding", output_shape, decode=_POSITIONS)
+
+
+# Generation (fn.models.generate) runs a model one chunk of time steps at a time: the decode
+# rules of the two time-mixing layers above (see `core.Decode`), on the forward's helpers
+# (projections, sums in float32 for 16-bit floats); the tests hold every step equal to the
+# forward's rows.
+
+def _causal_decode(num_heads: int) -> Decode:
+    """Causal self-attention with a key/value cache. The carry holds K and V, each (batch,
+    heads, length, d_h); a chunk x at positions t … t + s − 1 writes its keys and values at
+    rows t … t + s − 1, and its query at position p attends to rows ≤ p (later rows, written
+    or still zero, get −∞ before the softmax, exactly as `forward`'s causal mask):
+
+        y_p = concat_h(softmax(q_p K_hᵀ / √d_h + mask_p) V_h) W_o + b_o
+
+    The plain form whatever `block_size` (a chunk's scores are (s × length), small when s is
+    1); attention dropout is the identity (generation is evaluation)."""
+    return Decode(functools.partial(_kv_buffers, num_heads), functools.partial(_attend_cached, num_heads))
+
+
+def _kv_buffers(num_heads, params, x, length):
+    """Zero K and V buffers (batch, heads, length, d_h) in the compute dtype."""
+    d = params["w_o"].shape[0]
+    shape = (x.shape[0], num_heads, length, d // num_heads)
+    dtype = jnp.result_type(x, params["w_qkv"])
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def _attend_cached(num_heads, params, carry, x, t):
+    """The chunk's outputs (batch, s, dim) and the buffers with its keys and values written."""
+    q, k, v = _project_qkv(params, x, num_heads)                       # (b, h, s, d_h)
+    keys = jax.lax.dynamic_update_slice_in_dim(carry["k"], k, t, axis=2)
+    values = jax.lax.dynamic_update_slice_in_dim(carry["v"], v, t, axis=2)
+    scores = _dot("bhqd,bhkd->bhqk", q, keys, q.dtype) / math.sqrt(q.shape[-1])
+    seen = jnp.arange(keys.shape[2])[None, :] <= t + jnp.arange(q.shape[2])[:, None]
+    a = jax.nn.softmax(jnp.where(seen, scores, -jnp.inf), axis=-1)
+    o = _merge_heads(_dot("bhqk,bhkd->bhqd", a, values, q.dtype)).astype(q.dtype)
+    y = _dot("btd,de->bte", o, params["w_o"], q.dtype) + params["b_o"]
+    return y.astype(q.dtype), {"k": keys, "v": values}
+
+
+def _positions_fit(params, x, length):
+    """No carry; refuses a generation longer than the table (max_len rows)."""
+    rows = params["w"].shape[0]
+    if length > rows:
+        raise LayerError(f"positional_embedding: T0 + max_new_tokens = {length} positions do not "
+                         f"fit its table of max_len={rows} rows; shorten the prompt or max_new_tokens")
+    return ()
+
+
+def _add_positions(params, carry, x, t):
+    """y = x + W[t : t + s] for a chunk of s steps starting at position t."""
+    return x + jax.lax.dynamic_slice_in_dim(params["w"], t, x.shape[1], axis=0), carry
+
+
+_POSITIONS = Decode(_positions_fit, _add_positions)  # positional_embedding's decode rule

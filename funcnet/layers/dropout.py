@@ -2,7 +2,7 @@
 
 from .. import _random
 from .._validate import as_float
-from ..core import Layer, LayerError
+from ..core import POINTWISE, Layer, LayerError
 
 __all__ = ["dropout"]
 
@@ -30,4 +30,4 @@ def dropout(rate: float) -> Layer:
         evaluation)."""
         return {}, dy * cache["mask"] if "mask" in cache else dy
 
-    return Layer(init, forward, backward, "dropout", lambda shape: tuple(shape))
+    return Layer(init, forward, backward, "dropout", lambda shape: tuple(shape), decode=POINTWISE)

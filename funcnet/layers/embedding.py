@@ -10,7 +10,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from .._validate import as_int, check, float_dtype, int_token, token_int
-from ..core import Layer, LayerError
+from ..core import POINTWISE, Layer, LayerError
 from ..initializers import gaussian, _resolve
 from ..ops import narrow, widen
 
@@ -59,7 +59,8 @@ def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
         dx = jnp.zeros(ids.shape, cache["float_ids"].dtype) if "float_ids" in cache else None
         return {"w": dw}, dx
 
-    return Layer(init, forward, backward, "embedding", output_shape, check_input=check_indices)
+    return Layer(init, forward, backward, "embedding", output_shape, check_input=check_indices,
+                 decode=POINTWISE)
 
 
 def check_indices(params, x):

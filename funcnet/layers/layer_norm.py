@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 
 from .._validate import as_float, check, float_dtype
-from ..core import Layer
+from ..core import POINTWISE, Layer
 from ..ops import narrow, normalize_backward, widen
 
 __all__ = ["layer_norm"]
@@ -54,4 +54,4 @@ def layer_norm(eps=1e-5) -> Layer:
         dx = normalize_backward(wide * gamma, x_hat, inv_std, -1)
         return narrow(dparams, params), narrow(dx, out)
 
-    return Layer(init, forward, backward, "layer_norm", output_shape)
+    return Layer(init, forward, backward, "layer_norm", output_shape, decode=POINTWISE)
