@@ -13,7 +13,7 @@ For each T:
   min–max over the repeats.
 The outputs and gradients of the two forms are compared first (they must agree to float32
 round-off). Then, for per-layer cache budgets, the longest power-of-two T whose cache fits
-each form (eval_shape only, up to T = 65536).
+each form (eval_shape only, up to T = 65536). benchmarks/gpt2.py runs this (`report`).
 
     python -m benchmarks.attention_memory [--lengths 512 1024 2048] [--block 128]
         [--batch 2] [--repeats 5] [--inner 2] [--budget-mib 64 256 1024] [--dropout 0.0]
@@ -87,8 +87,9 @@ def longest_fitting(block_size, args, budget_bytes, cap=65536):
     return best
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.attention_memory",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--batch", type=int, default=2)
@@ -96,7 +97,11 @@ def main(argv=None):
     p.add_argument("--inner", type=int, default=2)
     p.add_argument("--budget-mib", type=float, nargs="+", default=[64.0, 256.0, 1024.0])
     p.add_argument("--dropout", type=float, default=0.0)
-    args = p.parse_args(argv)
+    return p
+
+
+def report(args):
+    """Measure and print the tables for parsed `args` (see `parser`)."""
     print(f"self_attention, causal, dim {DIM}, {HEADS} heads, batch {args.batch}, float32, "
           f"dropout {args.dropout}; forward + hand backward; {jax.devices()[0].platform}")
     print(f"{'T':>6}  {'form':<10} {'peak MiB':>9} {'cache MiB':>10} {'ms/step median [min-max]':>28}")
@@ -111,6 +116,10 @@ def main(argv=None):
     for mib in args.budget_mib:
         plain, block = (longest_fitting(b, args, mib * MIB) for b in (None, args.block))
         print(f"  {mib:>6g} MiB: plain {plain}, block {args.block} {block}")
+
+
+def main(argv=None):
+    report(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

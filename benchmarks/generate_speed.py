@@ -2,7 +2,8 @@
 against a full recompute and Hugging Face's GPT-2 on torch CPU, greedy, same sizes.
 
 Workload: `fn.models.transformer(vocab, max_len=128, dim=256, num_heads=4, depth=4)` at its
-init, a prompt of 16 random ids, 112 new tokens (128 positions), batch 1 and 8.
+init (`--model gpt2`: `fn.models.gpt2` of the same sizes, tied head), a prompt of 16 random
+ids, 112 new tokens (128 positions), batch 1 and 8.
 
 - funcnet generate: `fn.models.generate(..., temperature=0)`, the prompt in one chunk, then
   a scan of single-token steps over the caches.
@@ -13,18 +14,21 @@ init, a prompt of 16 random ids, 112 new tokens (128 positions), batch 1 and 8.
   new tokens, torch CPU, when torch and transformers import (the `bench` extra). The GPT-2
   is the same network with the same weights: GPT2Config(n_embd=256, n_layer=4, n_head=4,
   n_positions=128, activation "gelu" (exact, as funcnet's), untied head); funcnet's head
-  bias is zero at init, so GPT-2's bias-free head computes the same logits. Greedy tokens
-  are compared before anything is timed (agreement printed; float32 near-ties may differ).
+  bias is zero at init, so GPT-2's bias-free head computes the same logits. With `--model
+  gpt2` it is GPT-2 itself ("gelu_new", tied head), its weights from
+  `fn.models.gpt2_params_to_hf`. Greedy tokens are compared before anything is timed
+  (agreement printed; float32 near-ties may differ).
 
 Competitors run in one process, interleaved (benchmarks.timing), after a warm-up; medians
 [min–max] over the repeats of one whole generation each; ratios are funcnet generate's
 tokens/s over the competitor's.
 
-    python -m benchmarks.generate_speed [--repeats 3] [--vocab 50257] [--batches 1 8]
+    python -m benchmarks.generate_speed [--model transformer|gpt2] [--repeats 3]
+        [--vocab 50257] [--batches 1 8] [--no-recompute]
 
 The full recompute is the slow one (at vocab 50257, batch 8: ~3.7 TFLOP per generation, the
-logits of all 128 positions at each of 112 steps); `--vocab 8192` or `--batches 1` for a
-shorter run.
+logits of all 128 positions at each of 112 steps); `--vocab 8192`, `--batches 1` or
+`--no-recompute` for a shorter run. benchmarks/gpt2.py runs this (`report`) for GPT-2.
 """
 from __future__ import annotations
 
@@ -41,8 +45,11 @@ from benchmarks.timing import interleaved
 MAX_LEN, DIM, HEADS, DEPTH, PROMPT, NEW = 128, 256, 4, 4, 16, 112
 
 
-def build(vocab):
-    model = fn.models.transformer(vocab, MAX_LEN, DIM, HEADS, DEPTH)
+MODELS = {"transformer": fn.models.transformer, "gpt2": fn.models.gpt2}
+
+
+def build(vocab, kind="transformer"):
+    model = MODELS[kind](vocab, MAX_LEN, DIM, HEADS, DEPTH)
     params, state = model.init(jax.random.PRNGKey(0), (1, MAX_LEN))
     return model, params, state
 
@@ -89,9 +96,15 @@ def _loop(once):
     return run
 
 
-def hf_model(params, vocab):
-    """GPT2LMHeadModel holding funcnet's transformer weights (see the module docstring)."""
+def hf_model(params, vocab, kind="transformer"):
+    """GPT2LMHeadModel holding funcnet's transformer or gpt2 weights (module docstring)."""
     import torch
+    if kind == "gpt2":
+        from benchmarks.gpt2 import hf_model as hf_gpt2  # imported here: gpt2.py imports this
+        hf = hf_gpt2(vocab, MAX_LEN, DIM, HEADS, DEPTH).eval()
+        sd = {k: torch.tensor(np.asarray(v)) for k, v in fn.models.gpt2_params_to_hf(params).items()}
+        hf.load_state_dict(dict(sd, **{"lm_head.weight": sd["transformer.wte.weight"]}))
+        return hf
     from transformers import GPT2Config, GPT2LMHeadModel
     config = GPT2Config(vocab_size=vocab, n_positions=MAX_LEN, n_embd=DIM, n_layer=DEPTH,
                         n_head=HEADS, activation_function="gelu", layer_norm_epsilon=1e-5,
@@ -157,12 +170,12 @@ def agreement(a, b) -> str:
     return f"{int(same.sum())}/{len(same)} rows identical{first}"
 
 
-def competitors(batch, model, params, state, vocab, hf):
+def competitors(batch, model, params, state, vocab, hf, recompute=True):
     prompt = prompt_ids(vocab, batch)
     runners, ids, first_s = {}, {}, {}
-    for name, make in (("funcnet generate (cache)", lambda: funcnet_runner(model, params, prompt)),
-                       ("full recompute (jit, padded)", lambda: recompute_runner(model, params, state,
-                                                                                   prompt))):
+    makers = {"funcnet generate (cache)": lambda: funcnet_runner(model, params, prompt),
+              "full recompute (jit, padded)": lambda: recompute_runner(model, params, state, prompt)}
+    for name, make in list(makers.items())[:2 if recompute else 1]:
         runners[name], ids[name], first_s[name] = make()
     if hf is not None:
         import torch
@@ -178,25 +191,32 @@ def competitors(batch, model, params, state, vocab, hf):
     return runners, first_s
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(prog="python -m benchmarks.generate_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default="transformer")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vocab", type=int, default=50257, help="GPT-2's by default")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    args = p.parse_args(argv)
-    model, params, state = build(args.vocab)
+    p.add_argument("--no-recompute", dest="recompute", action="store_false",
+                   help="leave the full recompute out (the slow competitor)")
+    return p
+
+
+def report(args):
+    """Measure and print the table for parsed `args` (see `parser`); returns its rows."""
+    model, params, state = build(args.vocab, args.model)
     try:
         import torch
-        hf = hf_model(params, args.vocab)
+        hf = hf_model(params, args.vocab, args.model)
         note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         hf, note = None, "torch/transformers not installed: no HF column"
-    print(f"transformer vocab {args.vocab}, dim {DIM}, depth {DEPTH}, {HEADS} heads; prompt {PROMPT}, "
+    print(f"{args.model} vocab {args.vocab}, dim {DIM}, depth {DEPTH}, {HEADS} heads; prompt {PROMPT}, "
           f"{NEW} new tokens, greedy; jax {jax.__version__}; {note}")
     rows = []
     for batch in args.batches:
-        runners, first_s = competitors(batch, model, params, state, args.vocab, hf)
+        runners, first_s = competitors(batch, model, params, state, args.vocab, hf, args.recompute)
         # each runner has run once already (its compile, and the agreement check): the warm-up
         times = interleaved(runners, repeats=args.repeats, inner=1, warmup=0)
         rows += [(batch, name, times[name], first_s[name]) for name in runners]
@@ -209,6 +229,10 @@ def main(argv=None):
         print(f"| {batch} | {name} | {med:.3f} [{min(t):.3f}–{max(t):.3f}] | {batch * NEW / med:,.0f} | "
               f"{med / ours:.2f} | {'' if first != first else f'{first:.1f}'} |")
     return rows
+
+
+def main(argv=None):
+    return report(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,26 @@
-"""GPT-2: funcnet's `fn.models.gpt2` against Hugging Face's `GPT2LMHeadModel` (PyTorch).
+"""GPT-2: funcnet's `fn.models.gpt2` against Hugging Face's `GPT2LMHeadModel` (PyTorch), in
+one process, in four parts (flags choose; default all, in this order):
 
-Agreement first (`--agreement`, also run before any timing): a randomly initialised
-GPT2LMHeadModel (n_embd 64, n_layer 2, n_head 4, vocab 101, n_positions 32, "gelu_new", no
-dropout), every parameter then moved off HF's init by N(0, 0.05²) noise so biases and layer
-norms matter too, read into funcnet through `gpt2_params_from_hf`. In float64 (torch double,
+- `--agreement`: float64 logits, loss and gradients against HF (below); it also runs first
+  whenever `--step` or `--generate` does, so nothing is timed against a different network;
+- `--step`: the AdamW train step (below);
+- `--generate`: tokens/s of `fn.models.generate` (key/value cache) against HF
+  `generate(use_cache=True)`, greedy, GPT-2 of dim 256, depth 4, 4 heads, vocab 50257, a
+  prompt of 16, 112 new tokens, batch 1 and 8: benchmarks/generate_speed.py's `report` with
+  `--model gpt2 --no-recompute` (`--recompute` adds its full-recompute row, slow at this vocab);
+- `--attention`: peak memory and step time of causal self-attention, plain against blockwise
+  (`block_size` 128), at T = 512, 1024, 2048: benchmarks/attention_memory.py's `report`.
+Each part's script also runs alone, with more options.
+
+Agreement: a randomly initialised GPT2LMHeadModel (n_embd 64, n_layer 2, n_head 4, vocab
+101, n_positions 32, "gelu_new", no dropout), every parameter then moved off HF's init by
+N(0, 0.05²) noise so biases and layer norms matter too, read into funcnet through
+`gpt2_params_from_hf`. In float64 (torch double,
 JAX x64): logits, loss and every parameter's gradient, from funcnet's autodiff and from the
 hand backward (`fn.backprop`), compared by HF name through `gpt2_params_to_hf`, as
 max |funcnet − torch| / max |torch| per tensor; they must agree to 1e-10.
 
-Then the train step: dim 256, depth 4, 4 heads, T 128, batch 8, vocab 512 (a small vocab keeps
+The train step: dim 256, depth 4, 4 heads, T 128, batch 8, vocab 512 (a small vocab keeps
 the step about the blocks rather than one big output matmul, and keeps the run short), AdamW
 (lr 3e-4, weight decay 0.01, on every tensor on both sides), GPT-2's dropout (--dropout,
 0.1 by default; 0 turns it off on both sides). Competitors: funcnet with the hand backward
@@ -19,8 +31,10 @@ under load from elsewhere one thread can beat several; the ratio is to the faste
 Same initial weights; the first step's losses are checked equal (without dropout) before
 timing. One process, interleaved repeats, medians (benchmarks.timing).
 
+    python -m benchmarks.gpt2                     # all four parts
     python -m benchmarks.gpt2 --agreement
-    python -m benchmarks.gpt2 [--dropout 0.1] [--repeats 7] [--inner 3]
+    python -m benchmarks.gpt2 --step [--dropout 0.1] [--repeats 7] [--inner 3]
+    python -m benchmarks.gpt2 --generate [--recompute] --attention
 """
 from __future__ import annotations
 
@@ -35,6 +49,7 @@ import numpy as np
 import optax
 
 import funcnet as fn
+from benchmarks import attention_memory, generate_speed
 from benchmarks.timing import interleaved
 
 # the agreement check's model (the brief's sizes)
@@ -186,18 +201,9 @@ def first_losses_agree(x, y):
     return ref, got
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpt2", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--agreement", action="store_true", help="only the float64 agreement check")
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--inner", type=int, default=3)
-    args = p.parse_args(argv)
+def train_step(args):
+    """The timed train step's table (HF's first loss checked equal first); the medians."""
     import torch
-    print_agreement(agreement())
-    if args.agreement:
-        return None
     torch.set_num_threads(os.cpu_count())
     x, y = data()
     ref, got = first_losses_agree(x, y)
@@ -223,6 +229,36 @@ def main(argv=None):
           f"torch {torch.__version__}, jax {jax.__version__}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     return med
+
+
+PARTS = ("agreement", "step", "generate", "attention")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpt2", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for part in PARTS:
+        p.add_argument(f"--{part}", action="store_true", help="run this part (default: all)")
+    p.add_argument("--dropout", type=float, default=0.1, help="the train step's (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=7, help="the train step's (default %(default)s)")
+    p.add_argument("--inner", type=int, default=3, help="the train step's (default %(default)s)")
+    p.add_argument("--recompute", action="store_true",
+                   help="--generate: add the full-recompute row (slow at vocab 50257)")
+    args = p.parse_args(argv)
+    run = {part for part in PARTS if getattr(args, part)} or set(PARTS)
+    out = {}
+    if run & {"agreement", "step", "generate"}:  # HF is the reference: check it is the same net
+        print_agreement(agreement())
+    if "step" in run:
+        out["step"] = train_step(args)
+    if "generate" in run:
+        print("\n## GPT-2 generation: fn.models.generate against HF generate(use_cache=True)")
+        gen = ["--model", "gpt2"] + ([] if args.recompute else ["--no-recompute"])
+        out["generate"] = generate_speed.report(generate_speed.parser().parse_args(gen))
+    if "attention" in run:
+        print("\n## Attention memory and time, plain against blockwise (block_size)")
+        attention_memory.report(attention_memory.parser().parse_args([]))
+    return out
 
 
 if __name__ == "__main__":

@@ -149,6 +149,16 @@ def lstm_classifier(num_classes: int = 10, hidden: int = 128):
                   dense(num_classes))
 
 
+def _decoder_sizes(where, vocab_size, max_len, dim, num_heads, depth, mlp_ratio):
+    """The sizes of a decoder-only model, checked (Python ints; num_heads divides dim)."""
+    sizes = (as_int(vocab_size, "vocab_size", where, minimum=2), as_int(max_len, "max_len", where),
+             as_int(dim, "dim", where), as_int(num_heads, "num_heads", where),
+             as_int(depth, "depth", where), as_int(mlp_ratio, "mlp_ratio", where))
+    if sizes[2] % sizes[3]:
+        raise LayerError(f"{where}: num_heads={sizes[3]} must divide dim={sizes[2]}")
+    return sizes
+
+
 def transformer(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int,
                 mlp_ratio: int = 4):
     """A decoder-only transformer (GPT-2's layout, Radford et al. 2019): token ids (batch,
@@ -163,15 +173,8 @@ def transformer(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: 
     every block starts close to the identity and deep stacks train without warm-up tricks.
     Both tables start at N(0, 0.02²) as in GPT-2. Build it with `init(key, (1, T))`; ids may
     be ints or whole-number floats (what `fit` stores)."""
-    where = "transformer"
-    vocab_size = as_int(vocab_size, "vocab_size", where, minimum=2)
-    max_len = as_int(max_len, "max_len", where)
-    dim = as_int(dim, "dim", where)
-    num_heads = as_int(num_heads, "num_heads", where)
-    depth = as_int(depth, "depth", where)
-    mlp_ratio = as_int(mlp_ratio, "mlp_ratio", where)
-    if dim % num_heads:
-        raise LayerError(f"transformer: num_heads={num_heads} must divide dim={dim}")
+    vocab_size, max_len, dim, num_heads, depth, mlp_ratio = _decoder_sizes(
+        "transformer", vocab_size, max_len, dim, num_heads, depth, mlp_ratio)
     layers = [embedding(vocab_size, dim, w_init=gaussian(0.02)), positional_embedding(max_len)]
     for _ in range(depth):
         layers += [residual(layer_norm(), self_attention(num_heads, causal=True)),
@@ -214,17 +217,10 @@ def gpt2(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int, *,
     `attention_block_size` is passed on to `self_attention(..., block_size=)`: blockwise
     ("flash") attention, the same outputs and gradients in O(T·dim) memory per layer.
     """
-    where = "gpt2"
-    vocab_size = as_int(vocab_size, "vocab_size", where, minimum=2)
-    max_len = as_int(max_len, "max_len", where)
-    dim = as_int(dim, "dim", where)
-    num_heads = as_int(num_heads, "num_heads", where)
-    depth = as_int(depth, "depth", where)
-    mlp_ratio = as_int(mlp_ratio, "mlp_ratio", where)
-    rate = as_float(dropout, "dropout (the probability of dropping)", where, low=0.0, high=1.0,
+    vocab_size, max_len, dim, num_heads, depth, mlp_ratio = _decoder_sizes(
+        "gpt2", vocab_size, max_len, dim, num_heads, depth, mlp_ratio)
+    rate = as_float(dropout, "dropout (the probability of dropping)", "gpt2", low=0.0, high=1.0,
                     high_open=True)
-    if dim % num_heads:
-        raise LayerError(f"gpt2: num_heads={num_heads} must divide dim={dim}")
     blocks = [_gpt2_block(dim, num_heads, mlp_ratio, rate, depth, attention_block_size)
               for _ in range(depth)]
     body = serial(embedding(vocab_size, dim, w_init=gaussian(_GPT2_STD)),

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("default", max_examples=20, deadline=None, derandomize=True,
@@ -30,6 +31,13 @@ settings.register_profile("slow", max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 
 _OWNED_CACHE = []  # the temporary folder this (controller) process created
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, as fn.data.load gives them: ((x, y), (x_test, y_test))."""
+    import funcnet as fn
+    return fn.data.load("digits")
 
 
 def pytest_addoption(parser):

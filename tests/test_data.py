@@ -22,11 +22,6 @@ def _rows(x):
 
 # ----------------------------------------------------------------------------- packaged sets
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits")
-
-
 def test_digits_shapes_dtypes_range_and_count(digits):
     from sklearn.datasets import load_digits
     raw = load_digits()

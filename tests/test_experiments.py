@@ -8,8 +8,9 @@ import math
 
 import pytest
 
-from experiments import (char_model, cnn, fc_net, gradcheck, graph_net, init_study, losses,
-                         optimizers, precision, regularization, resnet, sequence, xor)
+from experiments import (char_model, cnn, fc_net, gpt2_char, gradcheck, graph_net, init_study,
+                         losses, optimizers, precision, regularization, resnet, sequence,
+                         xor)
 
 
 def run(module, tmp_path, *figures):
@@ -177,3 +178,26 @@ def test_precision_trains_in_16_bits_on_float32_masters(tmp_path):
     scaled = m["mlp"]["runs"]["float16+dynamic"]
     assert scaled["final_loss_scale"] == 2.0 ** (15 - scaled["skipped_steps"])
     assert m["mlp"]["runs"]["float32"]["test_accuracy"] > 0.5
+
+
+def test_gpt2_char_trains_both_models_and_generates_faster_with_the_cache(tmp_path):
+    m = run(gpt2_char, tmp_path, "learning_curve.png")
+    assert list(m["runs"]) == ["gpt2", "transformer"]
+    # the same sizes; GPT-2's output layer is the token table: dim·vocab + vocab fewer params
+    c, V = m["config"], m["vocab_size"]
+    assert m["params"]["transformer"] - m["params"]["gpt2"] == c["dim"] * V + V
+    _, vocab, _ = char_model.load_text()
+    for name, r in m["runs"].items():
+        assert r["steps"] == c["steps"] and r["batch_size"] == c["batch_size"]
+        # both learn more than the character frequencies
+        assert math.isfinite(r["val_bits"]) and r["val_bits"] < m["baselines"]["unigram"]
+        assert r["curve"]["val_bits"][-1] < r["curve"]["val_bits"][0]
+        # generate fills the model's positions: T − len(prompt) characters of the vocabulary
+        text = m["samples"][name]
+        assert len(text) == c["sample_length"] == c["context"] - len(c["prompt"])
+        assert set(text) <= set(vocab)
+    speed = m["generation_speed"]  # same model, same number of new characters
+    assert speed["new_tokens"] == c["sample_length"] and speed["speedup"] > 1
+    saved = (tmp_path / "samples.txt").read_text()
+    assert all(c["prompt"] + m["samples"][name] in saved for name in m["runs"])
+    assert len(m["load_average"]["before"]) == 3

@@ -20,24 +20,11 @@ import pytest
 
 import funcnet as fn
 from funcnet import checkpoint, train
+from tests.nets import MLP16, SGD, small_bn_net
 
 KEY = jax.random.PRNGKey(0)
 CE = fn.losses.softmax_cross_entropy
-# Shared model and optimizer objects: fit reuses its compiled step for the same objects
-# and shapes, which keeps this file fast.
-MLP16, SGD = fn.models.mlp(10, (16,)), optax.sgd(0.1)
 IRIS_MLP, MOMENTUM = fn.models.mlp(3, (16,)), optax.sgd(0.05, momentum=0.9)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return fn.data.load("digits")
-
-
-def small_bn_net():
-    """A net with every kind of step-to-step flow: batch-norm state and dropout keys."""
-    return fn.serial(fn.flatten, fn.dense(32), fn.batch_norm(), fn.relu, fn.dropout(0.2),
-                     fn.dense(10))
 
 
 # ----------------------------------------------------------------------------- accuracy

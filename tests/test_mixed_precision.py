@@ -3,11 +3,7 @@ dtype on float32 master parameters, and loss scaling (fit's side is in tests/tes
 
 Every run is seeded from an explicit key; models and batches are tiny.
 """
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -19,6 +15,7 @@ import pytest
 import funcnet as fn
 from funcnet import mixed_precision as mp
 from funcnet import train
+from tests.nets import run_on_devices
 
 KEY = jax.random.PRNGKey(0)
 CE = fn.losses.softmax_cross_entropy
@@ -153,13 +150,7 @@ TWO_DEVICES = textwrap.dedent("""
 
 
 def test_fit_on_two_devices_follows_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", TWO_DEVICES], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    one, two = json.loads(line[len("RESULT"):]).values()
+    one, two = run_on_devices(TWO_DEVICES, 2).values()
     assert one["dtypes"] == two["dtypes"] == ["float32"] and one["skipped"] == two["skipped"] == [0, 0]
     assert one["scale"] == two["scale"] == 2.0 ** 15 and "P()" in two["sharding"]  # replicated
     # the same steps in bfloat16; the cross-device sum only reorders round-off

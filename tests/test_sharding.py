@@ -6,8 +6,6 @@ The multi-device run needs XLA_FLAGS set before JAX starts, so it runs in a subp
 """
 import importlib
 import inspect
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +16,7 @@ import pytest
 
 import funcnet as fn
 from funcnet import sharding
+from tests.nets import run_on_devices
 
 FOUR_DEVICES = textwrap.dedent("""
     import json, jax, optax, numpy as np
@@ -57,13 +56,7 @@ FOUR_DEVICES = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def four_device_run():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return run_on_devices(FOUR_DEVICES, 4)
 
 
 def test_four_devices_follow_the_single_device_trajectory(four_device_run):
