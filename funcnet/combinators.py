@@ -137,6 +137,9 @@ def _fanin_sum(hint=""):
 
 
 fanin_sum = _fanin_sum()
+"""Sums a tuple of branch outputs of one shape: y = Σ_i x_i; backward dx_i = dy for every
+branch. A Layer value (no parameters), used after `fanout` / `parallel`; a LayerError at
+`init` when the input is not a tuple or the branches' shapes differ."""
 
 
 def fanin_concat(axis: int = -1) -> Layer:

@@ -57,7 +57,12 @@ DATASETS = {
     "breast_cancer": ("tabular", "scikit-learn's 569 tumours, 30 features, 2 classes"),
     "diabetes": ("regression", "scikit-learn's 442 diabetes patients, 10 features, 1 target"),
 }
+"""{name: (kind, description)} of the datasets `load` knows: "image" ones come NHWC,
+"tabular" ones (batch, features)."""
 SCALES = ("unit", "symmetric", "standard", "raw")
+"""The scalings `load(..., scale=)` accepts: "unit" ([0, 1]), "symmetric" ([−1, 1]),
+"standard" ((x − mean) / std, from the training split), "raw" (as stored); the module
+docstring says how each applies to images and to tabular data."""
 
 _EXTRA_HINT = 'pip install "funcnet[data]"'
 

@@ -53,9 +53,15 @@ __all__ = ["HEARTBEAT_TIMEOUT", "SHUTDOWN_TIMEOUT", "INITIALIZATION_TIMEOUT", "P
            "initialize", "is_initialized", "process_index", "process_count", "is_main",
            "barrier", "free_port", "lost_process", "as_process_lost", "exit_now"]
 
-HEARTBEAT_TIMEOUT = 20       # s without a heartbeat before a process counts as dead (JAX: 100)
-SHUTDOWN_TIMEOUT = 60        # s a finishing process waits for the others at exit (JAX: 300)
-INITIALIZATION_TIMEOUT = 120  # s to wait for every process to connect (JAX: 300)
+HEARTBEAT_TIMEOUT = 20
+"""Seconds without a heartbeat before a process counts as lost (JAX's own default: 100);
+`initialize(heartbeat_timeout=)` or FUNCNET_HEARTBEAT_TIMEOUT overrides it."""
+SHUTDOWN_TIMEOUT = 60
+"""Seconds a finishing process waits for the others at exit (JAX's default: 300);
+`initialize(shutdown_timeout=)` or FUNCNET_SHUTDOWN_TIMEOUT overrides it."""
+INITIALIZATION_TIMEOUT = 120
+"""Seconds to wait for every process to connect (JAX's default: 300);
+`initialize(initialization_timeout=)` or FUNCNET_INITIALIZATION_TIMEOUT overrides it."""
 
 _ENV = {"coordinator": "FUNCNET_COORDINATOR", "num_processes": "FUNCNET_NUM_PROCESSES",
         "process_id": "FUNCNET_PROCESS_ID"}
@@ -148,14 +154,17 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
 
 
 def is_initialized() -> bool:
+    """True when this process has joined a multi-process run (`initialize` returned True)."""
     return jax.distributed.is_initialized()
 
 
 def process_index() -> int:
+    """This process's index in the run, 0 … process_count() − 1 (0 when alone)."""
     return jax.process_index()
 
 
 def process_count() -> int:
+    """The number of processes in the run (1 when alone)."""
     return jax.process_count()
 
 

@@ -127,6 +127,8 @@ def resnet(num_classes: int = 10, image_size: int = 28, depth: int = 8, width: i
 
 
 MODELS = {"lenet": lenet, "fc": fc, "mlp": mlp, "resnet": resnet}
+"""{name: builder} of the image classifiers `build` and the `funcnet train --model` option
+know: lenet, fc, mlp, resnet."""
 
 
 def build(name: str, input_shape, num_classes: int):

@@ -53,11 +53,16 @@ __all__ = ["AXIS", "MODEL_AXIS", "MAX_IN_FLIGHT", "make_mesh", "make_mesh_2d", "
            "check_batch_size", "data_parallel", "mesh_size"]
 
 AXIS = "batch"
+"""The mesh axis each batch is split along."""
 MODEL_AXIS = "model"
+"""The mesh axis `make_mesh_2d`'s meshes split weight matrices along."""
 
 # XLA:CPU's default max_inflight_computations_per_device. Beyond it a sharded program's
 # dispatch can deadlock the all-reduce (see the module docstring); stay well below.
 MAX_IN_FLIGHT = 32
+"""XLA:CPU's limit of computations in flight per device: a loop driving a sharded step by
+hand must block (e.g. fetch a metric) at least every this many steps (see the module
+docstring)."""
 
 
 def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
@@ -124,6 +129,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def mesh_size(mesh: Mesh) -> int:
+    """The number of devices along the mesh's batch axis: the ways each batch is split."""
     return int(mesh.shape[AXIS])
 
 

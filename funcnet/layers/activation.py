@@ -104,10 +104,22 @@ def _identity_derivative(cache):
 
 
 relu = _elementwise("relu", _relu, _relu_derivative)
+"""relu(x) = max(0, x), element-wise; backward dx = dy · [x > 0] (the subgradient 0
+at x = 0).
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 sigmoid = _elementwise("sigmoid", _sigmoid, _sigmoid_derivative)
+"""σ(x) = 1 / (1 + e⁻ˣ), element-wise; backward dx = dy · σ(x)(1 − σ(x)).
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 tanh = _elementwise("tanh", _tanh, _tanh_derivative)
+"""tanh(x), element-wise; backward dx = dy · (1 − tanh²(x)).
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 sign = _elementwise("sign", _sign, _sign_derivative)
+"""sign(x) ∈ {−1, 0, 1}, element-wise; backward dx = 0 (zero almost everywhere), so
+nothing below it trains through it.
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 identity = _elementwise("identity", _identity, _identity_derivative)
+"""identity(x) = x; backward dx = dy.
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 
 
 def _gelu(x):
@@ -148,8 +160,18 @@ def _softplus_derivative(cache):
 
 
 gelu = _elementwise("gelu", _gelu, _gelu_derivative)
+"""gelu(x) = x Φ(x) = ½ x (1 + erf(x / √2)) (exact; Hendrycks & Gimpel 2016); backward
+dx = dy · (Φ(x) + x φ(x)).
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 gelu_tanh = _elementwise("gelu_tanh", _gelu_tanh, _gelu_tanh_derivative)
+"""gelu_tanh(x) = ½ x (1 + tanh u), u = √(2/π)(x + 0.044715 x³): GPT-2's tanh
+approximation of gelu; backward
+dx = dy · (½ (1 + t) + ½ x (1 − t²) √(2/π)(1 + 3 · 0.044715 x²)), t = tanh u.
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 softplus = _elementwise("softplus", _softplus, _softplus_derivative)
+"""softplus(x) = log(1 + eˣ) (as logaddexp(0, x): no overflow), element-wise; backward
+dx = dy · σ(x).
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 
 
 def elu(alpha=1.0) -> Layer:
@@ -200,6 +222,9 @@ def _softmax_backward(params, cache, dy):
 
 softmax = Layer(_no_params, _softmax_forward, _softmax_backward, "softmax", _same_shape,
                 decode=POINTWISE)
+"""s = softmax(z) over the last axis; backward dz = s ⊙ (dy − ⟨dy, s⟩), from the
+Jacobian diag(s) − s sᵀ (not s − s², which is only its diagonal).
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""
 
 
 def _log_softmax_forward(params, state, x, *, train=False, key=None):
@@ -216,3 +241,5 @@ def _log_softmax_backward(params, cache, dy):
 
 log_softmax = Layer(_no_params, _log_softmax_forward, _log_softmax_backward, "log_softmax",
                     _same_shape, decode=POINTWISE)
+"""y = z − log Σ exp z over the last axis; backward dz = dy − s Σ dy, s = softmax(z).
+A Layer value: no options, no parameters, any input shape, output of the input's shape."""

@@ -32,3 +32,6 @@ def _backward(params, cache, dy):
 
 
 global_avg_pool = Layer(_no_params, _forward, _backward, "global_avg_pool", output_shape)
+"""Global average pooling, NHWC (N, H, W, C) → (N, C): y[n, c] = (1/HW) Σ_{h,w} x[n, h, w, c];
+backward dx = dy / (H·W) at every position. A Layer value (no parameters); a LayerError at
+`init` or call for an input that is not rank 4."""

@@ -30,3 +30,6 @@ def _backward(params, cache, dy):
 
 
 flatten = Layer(_init, _forward, _backward, "flatten", _output_shape)
+"""(batch, ...) → (batch, features), the notes' rasterization; backward reshapes dy back to
+the input's shape. A Layer value (no parameters); a LayerError at `init` for an input
+without a batch axis (rank < 2). Put it before `dense`, which takes rank-2 input."""
