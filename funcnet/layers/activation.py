@@ -175,7 +175,12 @@ A Layer value: no options, no parameters, any input shape, output of the input's
 
 
 def elu(alpha=1.0) -> Layer:
-    """elu(x) = x for x > 0, α (eˣ − 1) otherwise (Clevert et al. 2015); α > 0."""
+    """elu(x) = x for x > 0, α (eˣ − 1) otherwise (Clevert et al. 2015); α > 0.
+
+    Backward: dx = dy · (1 if x > 0 else α eˣ = y + α).
+
+    Returns the Layer. Raises a LayerError for an alpha that is not a positive finite number.
+    """
     as_float(alpha, "alpha", "elu")  # a finite number first, then its sign: two messages
     alpha = as_float(alpha, "alpha", "elu", low=0.0, low_open=True, words="> 0")
 
@@ -193,7 +198,12 @@ def elu(alpha=1.0) -> Layer:
 
 def leaky_relu(negative_slope=0.01) -> Layer:
     """leaky_relu(x) = x for x > 0, negative_slope · x otherwise. Any finite slope is
-    allowed, a negative one too (then the layer is not monotonic)."""
+    allowed, a negative one too (then the layer is not monotonic).
+
+    Backward: dx = dy · (1 if x > 0 else negative_slope).
+
+    Returns the Layer. Raises a LayerError for a slope that is not a finite number.
+    """
     slope = as_float(negative_slope, "negative_slope", "leaky_relu")
 
     def f(x):

@@ -143,6 +143,20 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
 
     Params {"w_qkv": (dim, 3·dim), "b_qkv": (3·dim,), "w_o": (dim, dim), "b_o": (dim,)};
     `num_heads` must divide dim (checked at init, when dim is known).
+
+    Backward: dW_o = Σ oᵀ dy, db_o = Σ dy, and do = dy W_oᵀ split into heads; per head, with
+    A the attention probabilities (under dropout, A ⊙ M in dv and dA masked by M):
+
+        dv = Aᵀ do,   dA = do vᵀ,   dS = A ⊙ (dA − rowsum(dA ⊙ A))
+        dq = dS k / √d_h,   dk = dSᵀ q / √d_h
+
+    then dW_qkv = Σ xᵀ d[q | k | v], db_qkv = Σ d[q | k | v], dx = d[q | k | v] W_qkvᵀ. The
+    blockwise form recomputes A block by block.
+
+    Returns the Layer. Raises a LayerError for a num_heads or block_size that is not a
+    positive int or a dropout rate outside [0, 1) (at construction), for an input that is not
+    (batch, T, dim), a dim num_heads does not divide or that differs from the weights' (at
+    `init` or in `forward`), and for dropout in training without a key.
     """
     num_heads = as_int(num_heads, "num_heads", "self_attention")
     rate = as_float(dropout, "dropout (the probability of dropping)", "self_attention", low=0.0,
@@ -194,7 +208,14 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
 
 def positional_embedding(max_len: int, w_init=gaussian(0.02)) -> Layer:
     """y = x + W[:T] for x of shape (batch, T, dim), T <= max_len: a learned (max_len, dim)
-    table, params {"w": (max_len, dim)} (N(0, 0.02²) at init, as in GPT-2)."""
+    table, params {"w": (max_len, dim)} (N(0, 0.02²) at init, as in GPT-2).
+
+    Backward: dW[:T] = Σ_batch dy (rows T … max_len − 1 get 0), dx = dy.
+
+    Returns the Layer. Raises a LayerError for a max_len that is not a positive int (at
+    construction), and for an input that is not (batch, T, dim), longer than max_len, or of
+    another dim than the table's (at `init` or in `forward`).
+    """
     max_len = as_int(max_len, "max_len", "positional_embedding")
     w_init = _resolve(w_init, "positional_embedding", "w_init")
     shape_check = _sequence_shape("positional_embedding")

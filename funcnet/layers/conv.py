@@ -35,6 +35,17 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding="VALID", w_init=lec
     `padding`: "VALID", "SAME" (output ceil(in / stride)), an int, or
     ((top, bottom), (left, right)). Weights start N(0, 1/fan_in), fan_in = kh·kw·c_in
     (lecun_normal, the notes' "Xavier"), biases at zero.
+
+    Backward, with δ = dy dilated back to stride 1:
+
+        dx = δ ⋆full rot180(W)   (padding cropped)
+        dW = xp ⋆valid δ         (the padded input correlated with δ)
+        db = Σ_{n,h,w} δ
+
+    Returns the Layer. Raises a LayerError for an invalid `out_channels`, `kernel_size`,
+    `stride` or `padding` (at construction), and for an input that is not NHWC, a kernel larger
+    than the padded input, or a channel count that differs from w's (at `init` or in
+    `forward`).
     """
     out_channels = as_int(out_channels, "out_channels", "conv2d")
     kernel = positive_pair(kernel_size, "kernel_size", "conv2d")

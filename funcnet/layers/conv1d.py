@@ -33,7 +33,16 @@ def conv1d(out_channels: int, kernel_size: int, stride: int = 1, padding="VALID"
     """Convolution over the middle axis of (batch, width, channels), params
     {"w": (kernel_size, c_in, out_channels), "b": (out_channels,)}. `padding`: "VALID",
     "SAME" (output ceil(width / stride)), an int, or (left, right). Weights start
-    N(0, 1/fan_in) (lecun_normal, the notes' "Xavier"), biases at zero."""
+    N(0, 1/fan_in) (lecun_normal, the notes' "Xavier"), biases at zero.
+
+    Backward: conv2d's formulas on one axis, δ = dy dilated by the stride:
+
+        dx = δ ⋆full rot180(W) (padding cropped),  dW = xp ⋆valid δ,  db = Σ_{n,t} δ
+
+    Returns the Layer. Raises a LayerError for an invalid option (at construction), and for
+    an input that is not (batch, width, channels), a kernel wider than the padded input, or a
+    channel count that differs from w's (at `init` or in `forward`).
+    """
     k = as_int(kernel_size, "kernel_size", "conv1d")
     s = as_int(stride, "stride", "conv1d")
     out_channels = as_int(out_channels, "out_channels", "conv1d")

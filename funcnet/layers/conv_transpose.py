@@ -38,6 +38,16 @@ def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding="VALID",
     `padding`: "VALID" (p = 0, output (H − 1)·s + k), "SAME" (output H·s), an int p (cropped
     from both sides, as torch's `padding`) or ((top, bottom), (left, right)). Weights start
     N(0, 1/fan_in) (lecun_normal, the notes' "Xavier"), biases at zero.
+
+    Backward, with δ = dy padded back by the crop:
+
+        dx = the stride-s valid cross-correlation of δ with W (what this layer is the adjoint of)
+        dW[i, j, c, o] = Σ_{n,h,w} x[n, h, w, c] · δ[n, h·s+i, w·s+j, o]
+        db = Σ_{n,h,w} dy
+
+    Returns the Layer. Raises a LayerError for an invalid option (at construction), and for
+    an input that is not NHWC, a padding that crops the whole output, or a channel count that
+    differs from w's (at `init` or in `forward`).
     """
     out_channels = as_int(out_channels, "out_channels", "conv_transpose2d")
     kernel = positive_pair(kernel_size, "kernel_size", "conv_transpose2d")

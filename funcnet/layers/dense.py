@@ -10,11 +10,19 @@ __all__ = ["dense"]
 
 
 def dense(out: int, w_init=lecun_normal, b_init=zeros) -> Layer:
-    """Affine layer with params {"w": (fan_in, out), "b": (out,)}.
+    """Affine layer y = x W + b, with params {"w": (fan_in, out), "b": (out,)}.
 
     `w_init` is an initializer or a number (the std of Gaussian weights, cs231n's
     weight_scale); lecun_normal, N(0, 1/fan_in), by default (the notes' "Xavier"). Biases
     start at zero.
+
+    Backward (the notes' δ rule in row form):
+
+        dW = xᵀ δ,   db = Σ_batch δ,   dx = δ Wᵀ
+
+    Returns the Layer. Raises a LayerError when `out` is not a positive int or an initializer
+    is not one (at construction), and for an input that is not (batch, features) — the message
+    says to add `flatten` — or whose feature count differs from w's (at `init` or in `forward`).
     """
     out = as_int(out, "out", "dense")
     w_init, b_init = _resolve(w_init, "dense", "w_init"), _resolve(b_init, "dense", "b_init")

@@ -9,7 +9,13 @@ __all__ = ["dropout"]
 
 def dropout(rate: float) -> Layer:
     """Drop each unit with probability `rate` in training and scale the kept ones by
-    1 / (1 − rate), so evaluation is the identity. Needs a `key` only when train=True."""
+    1 / (1 − rate), so evaluation is the identity. Needs a `key` only when train=True.
+
+    Backward: dx = δ ⊙ mask / (1 − rate), the forward's mask (the identity in evaluation).
+
+    Returns the Layer. Raises a LayerError for a rate outside [0, 1) (at construction) and for
+    a call with train=True and no key.
+    """
     rate = as_float(rate, "rate (the probability of dropping)", "dropout", low=0.0, high=1.0,
                     high_open=True)
 

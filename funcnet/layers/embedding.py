@@ -20,7 +20,15 @@ __all__ = ["embedding", "check_indices"]
 def embedding(vocab_size: int, dim: int, w_init=gaussian(1.0)) -> Layer:
     """params {"w": (vocab_size, dim)} (N(0, 1) by default, as torch.nn.Embedding);
     input (batch, ...) of integer ids -> (batch, ..., dim). Float input holding whole
-    numbers is accepted (fit stores inputs as float32) and rounded to the nearest id."""
+    numbers is accepted (fit stores inputs as float32) and rounded to the nearest id.
+
+    Backward: dW[v] = Σ_{positions p with x_p = v} dy_p (a scatter-add; unused rows get 0).
+    The ids are piecewise constant: dx is None for integer ids, zeros for float ones.
+
+    Returns the Layer. Raises a LayerError for a vocab_size or dim that is not a positive int
+    (at construction); `fit` and `evaluate` raise one for an id outside [0, vocab_size) or not
+    a whole number (its `check_input`), which `jit` alone would clamp silently.
+    """
     vocab_size = as_int(vocab_size, "vocab_size", "embedding")
     dim = as_int(dim, "dim", "embedding")
     w_init = _resolve(w_init, "embedding", "w_init")

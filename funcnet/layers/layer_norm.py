@@ -16,6 +16,14 @@ def layer_norm(eps=1e-5) -> Layer:
     The statistics are two-pass (the mean, then the mean square about it: E[x²] − E[x]²
     cancels catastrophically when |μ| ≫ σ), in float32 for bfloat16 / float16 input; the
     cache keeps x with μ and 1/σ (float32 then), and the backward recomputes x̂ from them.
+
+    Backward, with dx̂ = δ ⊙ γ and means over the D features of each row:
+
+        dβ = Σ δ,   dγ = Σ δ ⊙ x̂,   dx = (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)) / √(σ² + ε)
+
+    Returns the Layer. Raises a LayerError for an eps that is not positive (at construction),
+    and for an input without a batch axis or with a different feature count (at `init` or in
+    `forward`).
     """
     eps = as_float(eps, "eps", "layer_norm", low=0.0, low_open=True)
 

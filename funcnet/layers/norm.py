@@ -18,6 +18,16 @@ def batch_norm(momentum=0.9, eps=1e-5) -> Layer:
     mean square about it: E[x²] − E[x]² cancels catastrophically when |μ| ≫ σ), in float32
     for bfloat16 / float16 input; the cache keeps x with μ and 1/σ (float32 then), and the
     backward recomputes x̂ from them.
+
+    Backward, with dx̂ = δ ⊙ γ and means over the m examples (every axis but the last):
+
+        dβ = Σ δ,   dγ = Σ δ ⊙ x̂
+        training:   dx = (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)) / √(σ²_B + ε)
+        evaluation: dx = dx̂ / √(σ²_run + ε)
+
+    Returns the Layer. Raises a LayerError for a momentum outside [0, 1] or a negative eps (at
+    construction), and for an input without a batch axis or with a different feature count
+    (at `init` or in `forward`).
     """
     # momentum in two steps, so the message says which went wrong: not a number >= 0, or
     # above 1.

@@ -74,7 +74,17 @@ def _pool(name, window, stride, padding, cells_forward, cells_backward, init_par
 
 
 def max_pool(window, stride=None, padding="VALID") -> Layer:
-    """y = max of each window."""
+    """y = max of each window.
+
+    Backward: δ goes to the arg-max cell of its window only; the other cells get 0
+    (copying δ to every cell, as one of the notes says, is wrong). Overlapping windows add
+    up.
+
+    Returns the Layer. `stride` defaults to `window` (non-overlapping windows). Raises a
+    LayerError for a window or stride that is not a positive int or pair, or an invalid
+    padding (at construction), and for an input that is not NHWC or smaller than one window
+    (at `init` or in `forward`).
+    """
     win = positive_pair(window, "window", "max_pool")
 
     def cells_forward(params, cells):
@@ -97,7 +107,15 @@ def max_pool(window, stride=None, padding="VALID") -> Layer:
 
 
 def avg_pool(window, stride=None, padding="VALID") -> Layer:
-    """y = mean of each window (zero padding counts: the divisor is always the area)."""
+    """y = mean of each window (zero padding counts: the divisor is always the area).
+
+    Backward: every cell of a window receives δ / (ph·pw) (upsampling).
+
+    Returns the Layer. `stride` defaults to `window` (non-overlapping windows). Raises a
+    LayerError for a window or stride that is not a positive int or pair, or an invalid
+    padding (at construction), and for an input that is not NHWC or smaller than one window
+    (at `init` or in `forward`).
+    """
     win = positive_pair(window, "window", "avg_pool")
     area = win[0] * win[1]
 
@@ -124,7 +142,16 @@ def gaussian_kernel(window, sigma):
 
 def gaussian_pool(window, sigma=1.0, stride=None, padding="VALID") -> Layer:
     """The notes' Gaussian pooling: a fixed Gaussian-weighted average of each window
-    (Gaussian blur, then downsampling)."""
+    (Gaussian blur, then downsampling).
+
+    Backward: each cell (i, j) of a window receives δ · g[i, j], g the normalized weights
+    ∝ exp(−r² / 2σ²). A `sigma` that is not a positive number is a LayerError too.
+
+    Returns the Layer. `stride` defaults to `window` (non-overlapping windows). Raises a
+    LayerError for a window or stride that is not a positive int or pair, or an invalid
+    padding (at construction), and for an input that is not NHWC or smaller than one window
+    (at `init` or in `forward`).
+    """
     sigma = as_float(sigma, "sigma", "gaussian_pool", low=0.0, low_open=True,
                      words="a positive number")
     win = positive_pair(window, "window", "gaussian_pool")
@@ -142,7 +169,15 @@ def gaussian_pool(window, sigma=1.0, stride=None, padding="VALID") -> Layer:
 
 def learned_pool(window, stride=None, padding="VALID", w_init=None) -> Layer:
     """The notes' trainable pooling: y = Σ_cells w[i, j, c] · x_cell, one weight per window
-    cell and channel, params {"w": (ph, pw, C)}; starts as mean pooling (w = 1/area)."""
+    cell and channel, params {"w": (ph, pw, C)}; starts as mean pooling (w = 1/area).
+
+    Backward: dw[i, j, c] = Σ_{n,h,w} δ · x_cell(i, j), and each cell receives δ · w[i, j, c].
+
+    Returns the Layer. `stride` defaults to `window` (non-overlapping windows). Raises a
+    LayerError for a window or stride that is not a positive int or pair, or an invalid
+    padding (at construction), and for an input that is not NHWC or smaller than one window
+    (at `init` or in `forward`).
+    """
     win = positive_pair(window, "window", "learned_pool")
     area = win[0] * win[1]
     w_init = (lambda k, s, d: jnp.full(s, 1.0 / area, d)) if w_init is None \

@@ -82,6 +82,15 @@ def rnn(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Laye
 
     Params {"w_x": (d, hidden), "w_h": (hidden, hidden), "b": (hidden,)}. Output
     (batch, time, hidden), or the last h, (batch, hidden), with return_sequences=False.
+
+    Backward (BPTT), for t = T … 1, a reverse scan carrying the gradient from step t+1:
+
+        ∂L/∂h_t = dy_t + da_{t+1} W_hᵀ,   da_t = ∂L/∂h_t ⊙ (1 − h_t²)
+        dW_x = Σ_t x_tᵀ da_t,   dW_h = Σ_t h_{t−1}ᵀ da_t,   db = Σ_t da_t,   dx_t = da_t W_xᵀ
+
+    Returns the Layer. Raises a LayerError for a hidden size that is not a positive int (at
+    construction) and for an input that is not (batch, time, features) (at `init` or in
+    `forward`).
     """
     hidden = as_int(hidden, "hidden", "rnn")
     w_init = _resolve(w_init, "rnn", "w_init")
@@ -126,6 +135,19 @@ def lstm(hidden: int, return_sequences: bool = True, w_init=lecun_normal) -> Lay
 
     Params {"w_x": (d, 4·hidden), "w_h": (hidden, 4·hidden), "b": (4·hidden,)}; output as
     for `rnn`.
+
+    Backward (BPTT), for t = T … 1, carrying ∂L/∂h and ∂L/∂c from step t+1:
+
+        ∂L/∂h_t = dy_t + da_{t+1} W_hᵀ
+        ∂L/∂c_t = ∂L/∂c_{t+1} ⊙ f_{t+1} + ∂L/∂h_t ⊙ o ⊙ (1 − tanh²(c_t))
+        δo = ∂L/∂h_t ⊙ tanh(c_t),  δi = ∂L/∂c_t ⊙ g,  δf = ∂L/∂c_t ⊙ c_{t−1},  δg = ∂L/∂c_t ⊙ i
+        da_t = [δi ⊙ i(1−i), δf ⊙ f(1−f), δo ⊙ o(1−o), δg ⊙ (1 − g²)]
+
+    then dW_x, dW_h, db and dx from da_t as for `rnn`.
+
+    Returns the Layer. Raises a LayerError for a hidden size that is not a positive int (at
+    construction) and for an input that is not (batch, time, features) (at `init` or in
+    `forward`).
     """
     hidden = as_int(hidden, "hidden", "lstm")
     w_init = _resolve(w_init, "lstm", "w_init")
