@@ -53,7 +53,11 @@ def backend_started() -> bool:
 def apply_xla_defaults(flags: str = DEFAULT_XLA_FLAGS) -> bool:
     """Set XLA_FLAGS to funcnet's CPU defaults unless the user set XLA_FLAGS (even to ""),
     FUNCNET_XLA_DEFAULTS=0, JAX's backend already started, or the installed jaxlib is not
-    one the flags were measured on (`MEASURED_JAXLIB`). True when it set them."""
+    one the flags were measured on (`MEASURED_JAXLIB`). True when it set them.
+
+    Returns that bool; it never raises (a flag it cannot set is left alone). Call it before
+    the first JAX computation.
+    """
     if os.environ.get("FUNCNET_XLA_DEFAULTS", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     if "XLA_FLAGS" in os.environ or backend_started() or not _jaxlib_measured():
@@ -85,6 +89,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
 
     JAX itself turns a corrupt entry or a failed write into a warning and a recompile, so a
     broken cache costs time, never a run. FUNCNET_NO_CACHE=1 makes this a no-op.
+
+    It never raises: every failure is the warning and None.
     """
     if os.environ.get("FUNCNET_NO_CACHE", "").strip().lower() in ("1", "true", "yes", "on"):
         return None

@@ -13,6 +13,9 @@ def backprop(model: Layer, params, state, x, dy, *, train=False, key=None):
 
     Returns (dparams, dx) for the upstream gradient dy = ∂L/∂y. A model whose `backward`
     was replaced (`model._replace(backward=...)`) is run as replaced.
+
+    Raises what `model.forward` and `model.backward` raise: a LayerError naming the layer for
+    an input it cannot take.
     """
     _, _, cache = model.forward(params, state, x, train=train, key=key)
     return model.backward(params, cache, dy)
@@ -23,7 +26,11 @@ def with_manual_grads(model: Layer) -> Layer:
     hand-derived `backward`, through `jax.custom_vjp`, so any jit-compiled training step can
     run on the formulas. State and cache outputs carry no gradient; the state and the key
     are arguments of the custom rule (zero cotangents), not closed over, so the model also
-    differentiates from outside a `jax.jit` (`jax.grad(jax.jit(loss))`)."""
+    differentiates from outside a `jax.jit` (`jax.grad(jax.jit(loss))`).
+
+    Returns the wrapped Layer (same params, state and outputs, same name); its errors are the
+    model's own, raised when it runs.
+    """
 
     def forward(params, state, x, *, train=False, key=None):
         @jax.custom_vjp

@@ -44,7 +44,10 @@ def _tuple_shapes(shape, name, n=None):
 
 
 def fanout(n: int) -> Layer:
-    """x -> (x, ..., x), n copies. backward: dx = Σ_i dy_i (each copy's contribution)."""
+    """x -> (x, ..., x), n copies. backward: dx = Σ_i dy_i (each copy's contribution).
+
+    Returns the Layer; a LayerError when `n` is not a positive int.
+    """
     n = as_int(n, "n", "fanout")
 
     def forward(params, state, x, *, train=False, key=None):
@@ -64,7 +67,12 @@ def fanout(n: int) -> Layer:
 
 def parallel(*layers: Layer) -> Layer:
     """(x_1, ..., x_n) -> (layer_1(x_1), ..., layer_n(x_n)); params, state and cache are
-    tuples with one entry per branch. backward: each branch's backward on its own dy_i."""
+    tuples with one entry per branch. backward: each branch's backward on its own dy_i.
+
+    Returns the Layer. Raises a LayerError at construction for a branch that is not a Layer
+    or for no branch at all, and at `init` or in `forward` for an input that is not a tuple of
+    n entries or a branch's own error (prefixed with `branch i`).
+    """
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             hint = " (did you forget to call it, e.g. dense(10)?)" if callable(layer) else ""
@@ -144,7 +152,11 @@ branch. A Layer value (no parameters), used after `fanout` / `parallel`; a Layer
 
 def fanin_concat(axis: int = -1) -> Layer:
     """Concatenate a tuple of arrays along `axis` (negative counts from the end; the other
-    axes must agree). backward: dy split back into the pieces' sizes along `axis`."""
+    axes must agree). backward: dy split back into the pieces' sizes along `axis`.
+
+    Returns the Layer. Raises a LayerError when the input is not a tuple or the pieces
+    disagree on an axis other than `axis` (at `init` or in `forward`).
+    """
     axis = as_int(axis, "axis", "fanin_concat", minimum=-(2 ** 31))
 
     def output_shape(shape):
@@ -187,7 +199,12 @@ def residual(*layers: Layer, shortcut: Layer = None) -> Layer:
     channel count changes). Built as serial(fanout(2), parallel(block, shortcut or identity),
     fanin_sum), marked RESIDUAL (walked as that serial, shown as the block and the shortcut),
     so its params are ({}, (block, shortcut), {}) and its backward is theirs:
-    dx = dblock/dx · dy + dshortcut/dx · dy."""
+    dx = dblock/dx · dy + dshortcut/dx · dy.
+
+    Returns the Layer. Raises a LayerError when a block member or the shortcut is not a
+    Layer, or when the block's output shape differs from the shortcut's (at `init`: give a
+    `shortcut` that projects).
+    """
     from .layers.activation import identity
 
     block = serial(*layers)
@@ -204,7 +221,11 @@ def time_distributed(layer: Layer) -> Layer:
     """Apply a per-example `layer` to every step of a (batch, time, ...) input: time is
     folded into the batch, (B, T, ...) -> (B·T, ...) -> layer -> (B, T, ...). Params and
     state are the wrapped layer's (an EACH_STEP container of that one layer). backward: the
-    layer's backward on dy folded the same way."""
+    layer's backward on dy folded the same way.
+
+    Returns the Layer. Raises a LayerError when `layer` is not a Layer, or the input has no
+    time axis (rank < 3), or the wrapped layer's own error (at `init` or in `forward`).
+    """
     if not isinstance(layer, Layer):
         raise LayerError(f"time_distributed: expects a Layer, got {layer!r}")
     where = f"each step ({layer.name})"

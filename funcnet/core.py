@@ -182,6 +182,11 @@ def serial(*layers: Layer) -> Layer:
     Its params, state and cache are tuples with one entry per layer ({} where a layer has
     none). The key is split once per layer in `init` and, in training, in `forward`.
     `backward` runs the layers' backwards in reverse order (the chain rule).
+
+    Returns the Layer. Raises a LayerError at construction for an argument that is not a
+    Layer (a layer factory not called, `dense` for `dense(10)`, is named as such), and at
+    `init` or in `forward` for any child's error, its message prefixed with the child's index
+    and kind (`layer 3 (dense): ...`).
     """
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
@@ -291,7 +296,12 @@ def _key_str(k) -> str:
 
 
 def summary(model: Layer, input_shape, dtype=None) -> str:
-    """A text table of each layer's kind, output shape and parameter count, with the total."""
+    """A text table of each layer's kind, output shape and parameter count, with the total.
+
+    Returns the table as a string (`print` it). Shapes come from `jax.eval_shape`, so nothing
+    is computed; a model that cannot take `input_shape` raises its LayerError, naming the
+    layer.
+    """
     input_shape = as_shape(input_shape)
     params, _ = jax.eval_shape(lambda k: model.init(k, input_shape, dtype),
                                jax.random.PRNGKey(0))

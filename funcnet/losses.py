@@ -184,5 +184,9 @@ def l2(params, strength):
 
 def accuracy(logits, labels):
     """Fraction of positions (examples, or examples × time steps) whose arg-max logit is
-    the label."""
+    the label.
+
+    Returns a scalar array (jit-compatible: nothing is checked; `fn.train.evaluate` checks
+    the labels' range first).
+    """
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

@@ -33,7 +33,13 @@ __all__ = ["share", "fill_shared"]
 def share(model: Layer, uses: Mapping[str, str]) -> Layer:
     """`model` with each parameter path in `uses` (a key) reading the parameter at its value
     (its owner's path, ".T" for the transpose) instead of owning one: see the module
-    docstring. Paths are checked at `init`, against the model's own parameter paths."""
+    docstring. Paths are checked at `init`, against the model's own parameter paths.
+
+    Returns the shared model, a Layer whose params hold None at each use. Raises a
+    LayerError for a `model` that is not a Layer, `uses` that are not a non-empty dict of
+    path strings, an owner that is itself a use, and (at `init`) for a path the model does not
+    have or a use whose shape differs from its owner's (or its transpose's).
+    """
     if not isinstance(model, Layer):
         raise LayerError(f"share: expects a Layer, got {model!r}")
     if not isinstance(uses, Mapping) or not uses:

@@ -62,6 +62,8 @@ def check_vjp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
     Every random draw (cotangents, sampled coordinates, directions, re-draws) comes from a
     stream of `key` (default PRNGKey(0)). Never raises on a failed check unless
     `raise_on_failure`; bad input (NaN, integer outputs, an impure f) is a FuncnetError.
+
+    Returns a GradientReport (one row per argument leaf; `print` it for the table).
     """
     key = jax.random.PRNGKey(0) if key is None else key
     with jax.enable_x64(True):

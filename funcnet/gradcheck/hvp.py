@@ -40,6 +40,10 @@ def check_hvp(f, *args, reference=None, key=None, eps=1e-5, rtol=1e-5, atol=None
     zero) or from a NumPy callback (it cannot be differentiated) is reported as such, as a
     failed property, not a traceback. Float64, scoped; integer arguments are constants.
     The cotangent and the directions come from streams of `key` (default PRNGKey(0)).
+
+    Returns a GradientReport (one row per argument leaf and direction). Never raises on a
+    failed check unless `raise_on_failure=True` (GradientCheckError); bad input (NaN, an
+    integer output) is a FuncnetError.
     """
     where = "check_hvp"
     key = jax.random.PRNGKey(0) if key is None else key

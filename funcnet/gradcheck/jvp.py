@@ -32,6 +32,9 @@ def check_jvp(f, *args, key=None, eps=1e-5, rtol=1e-5, atol=None, tangents=2,
     fails, or numerically unreliable); a NaN or infinity in any leg fails its row, naming
     the element. A function without forward mode (a custom_vjp) is a FuncnetError saying
     so, as is bad input. Random draws come from streams of `key` (default PRNGKey(0)).
+
+    Returns a GradientReport. Raises GradientCheckError on a failed check only with
+    `raise_on_failure=True`.
     """
     where = "check_jvp"
     key = jax.random.PRNGKey(0) if key is None else key

@@ -24,6 +24,10 @@ def check_layer(layer: Layer, input_shape, *, key=None, modes=(False, True), rto
     differences for params and input (check_gradients; rows prefixed by the mode).
     `report.properties` maps each property to pass/fail, `report.notes` say why one
     failed; never raises on a failure unless `raise_on_failure`.
+
+    Returns a GradientReport whose `properties` hold each property's verdict.
+    Raises GradientCheckError only with `raise_on_failure=True`; a `layer` that is not a
+    Layer is a FuncnetError.
     """
     if not isinstance(layer, Layer):
         raise FuncnetError(f"check_layer: expected an fn.Layer, got {type(layer).__name__}")

@@ -69,6 +69,12 @@ def check_gradients(model: Layer, params, state, x, labels=None, loss=None, *, t
     Elements at a kink (one-sided differences disagree) are counted, not failed;
     `avoid_kinks=True` instead re-draws params and float inputs with small noise (up to 3
     times) until none is at a kink; whole-number inputs (an embedding's ids) stay as they are.
+
+    Returns a GradientReport (`.ok`, `.verdict`, one row per leaf; `print` it for the table).
+    Never raises on a failed check unless `raise_on_failure=True` (then GradientCheckError,
+    whose message is the report); bad input is a FuncnetError (a LayerError when the model
+    rejects the input or the labels, naming the layer). When it fails, the notes name the first
+    layer, from the output back, whose `backward` disagrees with autodiff of that layer alone.
     """
     with jax.enable_x64(True):
         settings = Settings(eps, rtol, atol, manual_rtol,

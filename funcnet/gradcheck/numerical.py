@@ -28,7 +28,10 @@ __all__ = ["numerical_grad", "rel_error", "directional_check", "projected_differ
 
 def rel_error(a, b) -> float:
     """max over elements of |a − b| / max(1e-8, |a| + |b|)  (cs231n's relative error).
-    Works on arrays or pytrees of arrays; NaN entries (unsampled) are ignored."""
+    Works on arrays or pytrees of arrays; NaN entries (unsampled) are ignored.
+
+    Returns a Python float. Raises a FuncnetError when the two sides differ in size.
+    """
     a, b = (np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(t)]
                            or [np.zeros(0)]) for t in (a, b))
     if a.shape != b.shape:
@@ -144,6 +147,9 @@ def numerical_grad(f, x, eps=1e-5, *, args=(), samples: Optional[int] = None, ke
     coordinate. The result has the structure, shapes and dtypes of x. The compiled
     differences are cached per `f`: passing data through `args` to one function object
     (rather than a new closure per call) compiles once per shape.
+
+    Returns the gradient pytree. Raises a FuncnetError when a leaf of x is not floating point
+    or f does not return a scalar.
     """
     leaves, treedef = jax.tree_util.tree_flatten(x)
     leaves = [jnp.asarray(leaf) for leaf in leaves]

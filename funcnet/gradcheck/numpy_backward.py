@@ -22,6 +22,8 @@ def check_backward(forward, backward, *inputs, seed=0, eps=1e-5, rtol=1e-5, atol
     gradient, if any, is ignored). `seed` seeds a NumPy generator, the check's only random
     source (dout, then the directions). Never raises on a failed check unless
     `raise_on_failure`; a wrong number or shape of gradients is a FuncnetError naming it.
+
+    Returns a GradientReport, one row per input (`input0`, `input1`, ...).
     """
     where = "check_backward"
     xs = [np.array(x, np.float64 if np.issubdtype(np.asarray(x).dtype, np.floating) else None)

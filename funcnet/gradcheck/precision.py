@@ -56,6 +56,10 @@ def check_precision(model: Layer, x, *, dtype=jnp.bfloat16, key=None, factor: fl
     floor; the notes name the rows that pass by it alone). A failing model is walked by its
     layers' kinds and each layer checked alone at the input it sees: the notes name the
     layers that lose precision, with the leaf. Integer inputs (ids) are constants.
+
+    Returns a GradientReport (columns "hand <dtype>" and "autodiff <dtype>"). Raises a
+    FuncnetError for a `model` that is not a Layer or an invalid dtype or factor, and
+    GradientCheckError on a failure only with `raise_on_failure=True`.
     """
     if not isinstance(model, Layer):
         raise FuncnetError(f"check_precision: expected an fn.Layer, got {type(model).__name__}")

@@ -61,6 +61,8 @@ def check_vmap(f, *args, in_axes=0, key=None, rtol=1e-6, raise_on_failure=False)
     pytree of them like the argument). Float64, scoped; integer leaves are constants; random
     draws from streams of `key` (default PRNGKey(0)). Never raises on a failed check unless
     `raise_on_failure`; bad input (NaN, mismatched batch sizes) is a FuncnetError.
+
+    Returns a GradientReport (one row per leg and leaf, the skipped legs in its notes).
     """
     key = jax.random.PRNGKey(0) if key is None else key
     with jax.enable_x64(True):
