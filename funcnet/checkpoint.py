@@ -618,7 +618,10 @@ def restore(path, like=None):
 
 
 def read_metadata(path) -> dict:
-    """The `metadata` dict saved with a checkpoint (without reading its arrays)."""
+    """The `metadata` dict saved with a checkpoint (without reading its arrays).
+
+    Returns the dict. Raises a CheckpointError for a missing, foreign or corrupt file.
+    """
     npz, record = _open(path)
     npz.close()
     metadata = record.get("metadata", {})
@@ -630,7 +633,11 @@ def read_metadata(path) -> dict:
 # ----------------------------------------------------------------------------- step files
 
 def step_path(directory, step: int, prefix: str = "ckpt_") -> str:
-    """The file a step's checkpoint is written to: `{directory}/{prefix}{step:08d}.npz`."""
+    """The file a step's checkpoint is written to: `{directory}/{prefix}{step:08d}.npz`.
+
+    Returns the path as a string (nothing is written); a CheckpointError for a step that is
+    not a non-negative integer.
+    """
     return os.path.join(os.fspath(directory), f"{prefix}{_step_int(step):08d}.npz")
 
 
@@ -661,7 +668,10 @@ def _step_files(directory, prefix) -> List[Tuple[int, str]]:
 def latest(directory, prefix: str = "ckpt_") -> Optional[str]:
     """The path of the newest checkpoint in `directory` by the step number in its name
     (`{prefix}<digits>.npz`, e.g. ckpt_00000120.npz), or None when there is none.
-    Temporary files of interrupted saves never match."""
+    Temporary files of interrupted saves never match.
+
+    Returns the path as a string, or None; it never raises for a missing directory.
+    """
     found = _step_files(directory, prefix)
     return found[-1][1] if found else None
 
@@ -675,6 +685,9 @@ def save_step(directory, step: int, tree, *, metadata: Optional[dict] = None,
     the one just written is never removed. `keep=None` keeps everything. Temp files that a
     process killed mid-save left behind (".{prefix}<step>.npz.*.tmp") are removed too.
     Returns the path.
+
+    Raises what `save` raises (CheckpointError) and a CheckpointError for an invalid step
+    or keep.
     """
     step = _step_int(step)
     if keep is not None:

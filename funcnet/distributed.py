@@ -120,7 +120,12 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     FUNCNET_PROCESS_ID; with none of them set, JAX's auto-detection (SLURM, Open MPI,
     Kubernetes, TPU) is used when such an environment is present. Timeouts in seconds:
     argument, else FUNCNET_HEARTBEAT_TIMEOUT etc., else the module's defaults. Must run
-    before the first JAX computation; a second call is an error."""
+    before the first JAX computation; a second call is an error.
+
+    Raises a FuncnetError for an incomplete or invalid set of arguments or variables (a
+    coordinator that is not HOST:PORT, a process_id out of range, a timeout that is not a
+    positive int) and for a second call.
+    """
     where = "distributed.initialize"
     coordinator = coordinator or os.environ.get(_ENV["coordinator"]) or None
     if num_processes is None:
@@ -169,19 +174,29 @@ def process_count() -> int:
 
 
 def is_main() -> bool:
-    """True on process 0 (the one that writes files), and in any single-process run."""
+    """True on process 0 (the one that writes files), and in any single-process run.
+
+    Returns a bool.
+    """
     return jax.process_index() == 0
 
 
 def barrier(name: str):
-    """Wait until every process has reached `barrier(name)` (no-op with one process)."""
+    """Wait until every process has reached `barrier(name)` (no-op with one process).
+
+    Returns None once all have arrived; a lost process surfaces as JAX's error, which
+    `as_process_lost` turns into a ProcessLostError.
+    """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now (the OS picks it: bind to port 0)."""
+    """A TCP port free on `host` now (the OS picks it: bind to port 0).
+
+    Returns the port number (an int); another program may take it before it is used.
+    """
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

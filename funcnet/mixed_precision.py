@@ -122,7 +122,11 @@ class LossScale(NamedTuple):
 def dynamic_loss_scale(initial: float = DYNAMIC_INITIAL,
                        growth_interval: int = GROWTH_INTERVAL) -> LossScalePolicy:
     """A dynamic policy with another start or growth interval than "dynamic"'s 2¹⁵ / 2000
-    (pass it as `loss_scale=`)."""
+    (pass it as `loss_scale=`).
+
+    Returns the LossScalePolicy; a FuncnetError when `initial` is not a positive finite
+    number or `growth_interval` not a positive int.
+    """
     where = "dynamic_loss_scale"
     return LossScalePolicy(as_float(initial, "initial", where, low=0, low_open=True,
                                     error=FuncnetError), True,

@@ -57,6 +57,9 @@ def lenet(num_classes: int = 10, image_size: int = 28):
     `image_size` (the input's height, = width) picks the variant: >= 20 gives the classic
     LeNet-5 sizes for 28x28 MNIST, smaller gives the 3x3 variant for 8x8 digits (see the
     module docstring). The last layer emits `num_classes` logits.
+
+    Returns the model, a Layer (build it with `init(key, input_shape)`); a LayerError for an
+    invalid size, naming it. Images smaller than 4×4 cannot be pooled twice: a LayerError too.
     """
     num_classes = _check_classes(num_classes, "lenet")
     image_size = as_int(image_size, "image_size", "lenet")
@@ -73,7 +76,11 @@ def lenet(num_classes: int = 10, image_size: int = 28):
 
 def fc(num_classes: int = 10, hidden: Sequence[int] = (100, 100), dropout_rate: float = 0.1):
     """cs231n's FullyConnectedNet: {dense - batch_norm - relu - dropout} per hidden layer,
-    then a dense layer to `num_classes` logits. `dropout_rate=0` leaves dropout out."""
+    then a dense layer to `num_classes` logits. `dropout_rate=0` leaves dropout out.
+
+    Returns the model, a Layer (build it with `init(key, input_shape)`); a LayerError for an
+    invalid size, naming it.
+    """
     num_classes = _check_classes(num_classes, "fc")
     layers = [flatten]
     for h in hidden:
@@ -84,7 +91,11 @@ def fc(num_classes: int = 10, hidden: Sequence[int] = (100, 100), dropout_rate: 
 
 
 def mlp(num_classes: int = 10, hidden: Sequence[int] = (128,)):
-    """flatten - {dense - relu} per hidden layer - dense to `num_classes` logits."""
+    """flatten - {dense - relu} per hidden layer - dense to `num_classes` logits.
+
+    Returns the model, a Layer (build it with `init(key, input_shape)`); a LayerError for an
+    invalid size, naming it.
+    """
     num_classes = _check_classes(num_classes, "mlp")
     layers = [flatten]
     for h in hidden:
@@ -111,7 +122,11 @@ def resnet(num_classes: int = 10, image_size: int = 28, depth: int = 8, width: i
     global_avg_pool and a dense layer to `num_classes` logits: depth weighted layers in all.
     Images of 20 pixels or more (28x28 MNIST) get a stride-2 stem (28 -> 14 -> 7 -> 4), smaller
     ones (8x8 digits) stride 1. `skip=False` builds the plain net of the same depth (the
-    degradation study's control)."""
+    degradation study's control).
+
+    Returns the model, a Layer (build it with `init(key, input_shape)`); a LayerError for an
+    invalid size, naming it. `depth` must be 6n + 2 (8, 14, 20, ...).
+    """
     _check_classes(num_classes, "resnet")
     depth = as_int(depth, "depth", "resnet", minimum=8)
     width = as_int(width, "width", "resnet")
@@ -133,7 +148,11 @@ know: lenet, fc, mlp, resnet."""
 
 def build(name: str, input_shape, num_classes: int):
     """The model `name` ("lenet", "fc", "mlp" or "resnet") for inputs of `input_shape`
-    (batch first)."""
+    (batch first).
+
+    Returns the model, a Layer. Raises a LayerError for an unknown name, or for lenet and
+    resnet given inputs that are not NHWC images.
+    """
     if name not in MODELS:
         raise LayerError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if name in ("lenet", "resnet"):
@@ -145,7 +164,11 @@ def build(name: str, input_shape, num_classes: int):
 
 def lstm_classifier(num_classes: int = 10, hidden: int = 128):
     """lstm(hidden, return_sequences=False) - dense(num_classes): sequences (batch, time,
-    features) in, logits (batch, num_classes) out."""
+    features) in, logits (batch, num_classes) out.
+
+    Returns the model, a Layer (build it with `init(key, input_shape)`); a LayerError for an
+    invalid size, naming it.
+    """
     num_classes = _check_classes(num_classes, "lstm_classifier")
     return serial(lstm(as_int(hidden, "hidden", "lstm_classifier"), return_sequences=False),
                   dense(num_classes))
@@ -174,7 +197,11 @@ def transformer(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: 
     Pre-norm blocks (the residual stream is never normalised, only each branch's input), so
     every block starts close to the identity and deep stacks train without warm-up tricks.
     Both tables start at N(0, 0.02²) as in GPT-2. Build it with `init(key, (1, T))`; ids may
-    be ints or whole-number floats (what `fit` stores)."""
+    be ints or whole-number floats (what `fit` stores).
+
+    Returns the model, a Layer (build it with `init(key, input_shape)`); a LayerError for an
+    invalid size, naming it. `num_heads` must divide `dim`.
+    """
     vocab_size, max_len, dim, num_heads, depth, mlp_ratio = _decoder_sizes(
         "transformer", vocab_size, max_len, dim, num_heads, depth, mlp_ratio)
     layers = [embedding(vocab_size, dim, w_init=gaussian(0.02)), positional_embedding(max_len)]
@@ -349,7 +376,10 @@ def gpt2_params_to_hf(params) -> dict:
     named_parameters()`'s names, order and layouts (no lm_head.weight: HF ties it to
     transformer.wte.weight). The arrays are the params' own (no copy, works under jit).
     Given a gradient pytree, each tensor's gradient by HF name: the token table's is the
-    sum of its two uses, as fn.share's backward and jax.grad both give it."""
+    sum of its two uses, as fn.share's backward and jax.grad both give it.
+
+    Raises a FuncnetError for params that do not have gpt2's layout.
+    """
     depth = _gpt2_depth(params, "gpt2_params_to_hf")
     return {name: _at(params, path, "gpt2_params_to_hf") for name, path in _gpt2_places(depth)}
 

@@ -67,7 +67,11 @@ docstring)."""
 
 def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
     """A 1-D `Mesh` with axis "batch" over `devices` (default: every device, all hosts).
-    A Mesh is returned unchanged."""
+    A Mesh is returned unchanged.
+
+    Raises a FuncnetError for an empty device list, a device listed twice, or a Mesh
+    without a "batch" axis.
+    """
     if isinstance(devices, Mesh):
         if AXIS not in devices.axis_names:
             raise FuncnetError(f"make_mesh: the mesh needs an axis named {AXIS!r} to shard the "
@@ -91,7 +95,11 @@ def _device_list(devices, where) -> list:
 
 def make_mesh_2d(devices: Optional[Sequence] = None, *, model: int) -> Mesh:
     """A 2-D `Mesh` (batch x model): `model` devices share each weight matrix (its output
-    columns split among them), and the batch is split over len(devices) / model groups."""
+    columns split among them), and the batch is split over len(devices) / model groups.
+
+    Returns the Mesh (axes "batch", "model"); a FuncnetError when `model` is not a positive
+    int dividing the number of devices.
+    """
     devices = _device_list(devices, "make_mesh_2d")
     model = as_int(model, "model", "make_mesh_2d", error=FuncnetError)
     if len(devices) % model:
@@ -105,7 +113,10 @@ def param_sharding(tree, mesh: Mesh):
     """Shardings for a pytree of parameters (or a whole TrainState, optimizer moments
     included): on a mesh with a "model" axis every weight named "w" (dense (in, out), conv
     (kh, kw, c_in, c_out)) whose last axis divides is split along that axis over "model";
-    everything else (biases, batch-norm, scalars) is replicated."""
+    everything else (biases, batch-norm, scalars) is replicated.
+
+    Returns a pytree of NamedShardings with `tree`'s structure.
+    """
     model = mesh.shape.get(MODEL_AXIS, 1)
 
     def spec(path, leaf):
@@ -119,12 +130,18 @@ def param_sharding(tree, mesh: Mesh):
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """Every device holds the whole array (parameters, optimizer and model state)."""
+    """Every device holds the whole array (parameters, optimizer and model state).
+
+    Returns a NamedSharding.
+    """
     return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """The first (batch) axis is split evenly across the mesh's "batch" axis."""
+    """The first (batch) axis is split evenly across the mesh's "batch" axis.
+
+    Returns a NamedSharding.
+    """
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
@@ -134,7 +151,10 @@ def mesh_size(mesh: Mesh) -> int:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, where: str = "fit"):
-    """Raise unless `batch_size` splits evenly over the mesh's devices."""
+    """Raise unless `batch_size` splits evenly over the mesh's devices.
+
+    Returns None; the FuncnetError names both numbers and `where`.
+    """
     n = mesh_size(mesh)
     if batch_size % n:
         raise FuncnetError(f"{where}: a batch of {batch_size} examples cannot be split evenly over "
@@ -145,7 +165,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, where: str = "fit"):
 def replicate(tree, mesh: Mesh):
     """Place a pytree (e.g. a TrainState) on every device of the mesh (on a mesh with a
     "model" axis, large weights split over it: `param_sharding`). With several processes
-    each process supplies its own devices' copies, from the host (all hold the same)."""
+    each process supplies its own devices' copies, from the host (all hold the same).
+
+    Returns the placed pytree (JAX arrays).
+    """
     if jax.process_count() > 1:
         tree = jax.device_get(tree)
     if MODEL_AXIS in mesh.axis_names:
@@ -156,7 +179,10 @@ def replicate(tree, mesh: Mesh):
 def gather_batch(arrays, index, mesh: Mesh):
     """The global batch `[a[index] for a in arrays]`, sharded along axis 0 over the mesh,
     reading from each host array only the rows this process's devices hold (with several
-    processes, every one calls this with the same `index`, e.g. from the shared key)."""
+    processes, every one calls this with the same `index`, e.g. from the shared key).
+
+    Returns a list of sharded global arrays, one per array.
+    """
     index = np.asarray(index)
     check_batch_size(len(index), mesh, "gather_batch")
     sharding = batch_sharded(mesh)
@@ -172,7 +198,11 @@ def shard_batch(tree, mesh: Mesh):
     """Split each array of a pytree of global-batch host arrays along axis 0 over the mesh.
 
     Built with `jax.make_array_from_callback`, so under multi-host each process supplies
-    only its own devices' rows of the (identical) global batch."""
+    only its own devices' rows of the (identical) global batch.
+
+    Returns the pytree of sharded global arrays; the batch size must divide over the
+    mesh's "batch" axis (`check_batch_size`).
+    """
     sharding = batch_sharded(mesh)
 
     def put(a):
@@ -186,7 +216,10 @@ def shard_batch(tree, mesh: Mesh):
 def data_parallel(step, mesh: Mesh, *, donate: bool = True):
     """jit a step `(train_state, x, y) -> (train_state, metrics)` for the mesh: train_state
     replicated, x and y sharded along the batch, outputs replicated; the train_state's
-    buffers are donated (reused for the new state) unless `donate=False`."""
+    buffers are donated (reused for the new state) unless `donate=False`.
+
+    Returns the jitted step.
+    """
     rep, bat = replicated(mesh), batch_sharded(mesh)
     if MODEL_AXIS in mesh.axis_names:
         # The state keeps `param_sharding` (placed by `replicate`, pinned on the way out);

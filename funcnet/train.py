@@ -143,7 +143,12 @@ def init_train_state(model: Layer, optimizer, input_shape, key, *, dtype=None,
     """A fresh TrainState: `model.init` from one half of `key`, the other half for steps.
     model.init and optimizer.init run as one compiled program (not dozens of small ones).
     `dtype` is the parameters' (master) dtype; with `loss_scale` (see `make_step`) the
-    state starts with that policy's scale."""
+    state starts with that policy's scale.
+
+    Returns the TrainState. Raises a FuncnetError for a key that is not a PRNG key or an
+    optimizer that is not an optax GradientTransformation, and what `model.init` raises (a
+    LayerError naming the layer) for an input shape the model cannot take.
+    """
     _check_optimizer(optimizer, "init_train_state")
     policy = mp.resolve_loss_scale(loss_scale, "init_train_state")
     k_init, k_step = _random.split(_raw_key(key, "init_train_state"))
@@ -280,6 +285,11 @@ def make_step(model: Layer, optimizer, loss, *, l2: float = 0.0, mesh=None, dona
     `donate=False`: do not use a TrainState after passing it in. With a `mesh`
     (`fn.sharding.make_mesh`), the step is compiled for data parallelism: train_state
     replicated, x and y sharded along the batch (see `fn.sharding`).
+
+    Building it raises a FuncnetError for a `loss` that is not a function, an invalid `l2`,
+    `compute_dtype` or `loss_scale`, or an optimizer that is not an optax
+    GradientTransformation; the step raises the model's LayerError for a batch it cannot
+    take.
     """
     if _is_optimizer(loss) and not _is_optimizer(optimizer):
         warnings.warn("make_step(model, loss, optimizer) is deprecated; pass "
@@ -352,6 +362,10 @@ def evaluate(model: Layer, params, state, x, y, *, batch_size: int = 512, loss=N
     on its outputs widened to float32. `loss_scale` is accepted (so one policy can be
     passed to make_step, fit and evaluate alike), checked and ignored: evaluation has no
     backward pass to scale.
+
+    Raises a FuncnetError (before anything compiles) for x and y of different lengths, empty
+    data, an invalid `batch_size` or targets that do not fit the output, and a LayerError for
+    inputs the model cannot take or labels out of range.
     """
     mp.resolve_loss_scale(loss_scale, "evaluate")
     return _evaluator(model, params, state, x, y, batch_size=batch_size, loss=loss,
@@ -463,7 +477,10 @@ def batch_order(key, epoch: int, n: int) -> np.ndarray:
 
     It is `fn.data.shuffle(fold_in(data key, e), n)`, the order `fn.data.batches` shuffles
     in: a pure function of key and epoch. The data key is the second of
-    jax.random.split(key, 3)."""
+    jax.random.split(key, 3).
+
+    Returns an int NumPy array of length n (a permutation of 0 … n − 1).
+    """
     order = _cached(("order", int(n)), lambda: jax.jit(
         lambda k, e: jax.random.permutation(jax.random.fold_in(_fit_keys(k)[0], e), n)))
     # one compiled program per epoch's order instead of an eager split, fold_in and
