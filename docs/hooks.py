@@ -38,6 +38,9 @@ def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri == "index.md":
         # README's links into the site are written from the repository root
         return re.sub(r"\]\(docs/", "](", markdown)
+    if page.file.src_uri == "benchmarks/README.md":
+        # a folder link works on a repository browser; the site has the list just below it
+        return markdown.replace("](investigations/)", "](#investigations)")
     if page.file.src_uri == "studies/index.md":
         return markdown.replace(STUDIES_MARK, _studies_list(Path(config["docs_dir"]) / "studies"))
     return markdown
