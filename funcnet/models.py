@@ -247,8 +247,8 @@ def gpt2(vocab_size: int, max_len: int, dim: int, num_heads: int, depth: int, *,
     ("flash") attention, the same outputs and gradients in O(T·dim) memory per layer.
 
     Returns the model, a Layer (build it with `init(key, (1, T))`). Raises a LayerError for a
-    size that is not a positive int, a `num_heads` that does not divide `dim`, or a dropout
-    rate outside [0, 1).
+    size that is not an int in range (vocab_size ≥ 2, the others ≥ 1), a `num_heads` that
+    does not divide `dim`, or a dropout rate outside [0, 1).
     """
     vocab_size, max_len, dim, num_heads, depth, mlp_ratio = _decoder_sizes(
         "gpt2", vocab_size, max_len, dim, num_heads, depth, mlp_ratio)
