@@ -309,6 +309,22 @@ def graph_net(m) -> Page:
         "and retrained graph would reach.")
 
 
+def _stuck(m, depth) -> str:
+    """A sentence when the deepest plain net hardly trained: its error per epoch, first and
+    last, and its final training loss."""
+    r = m("nets", str(depth), "plain")
+    curve = r["curve"]["train_error"]
+    if r["train_error"] < 0.5:
+        return ""
+    worst = max(m("nets", d, kind, "train_error") for d in m("nets") if int(d) < depth
+                for kind in ("plain", "residual"))
+    return (f" The plain-{depth} net hardly trained at all: its training error was "
+            f"{pct(curve[0])} in the first epoch and {pct(curve[-1])} in the last (loss "
+            f"{num(r['train_loss'])}), while every shallower net, plain or residual, ended at "
+            f"{pct(worst)} or less. An extreme form of He et al.'s degradation: the deep plain "
+            "stack failed to optimize on this budget; it did not overfit.")
+
+
 def resnet(m) -> Page:
     nets, deg = m("nets"), m("degradation")
     rows = []
@@ -332,8 +348,10 @@ def resnet(m) -> Page:
                    f"against {pct(m('nets', str(shallow_r), 'residual', 'train_error'))} for depth "
                    f"{shallow_r} ({100 * deg['residual_deepest_minus_best_shallower']:+.2f} points): "
                    f"{'it degrades too' if deg['residual_degrades'] else 'no degradation'}. "
+                   + f"(A difference of {100 * deg['tolerance']:.2g} point or less counts as none.) "
                    + ("**The degradation problem is shown.**" if deg["shown"] else
-                      "**The degradation problem is not shown by this run.**"))
+                      "**The degradation problem is not shown by this run.**")
+                   + _stuck(m, deepest))
     return Page(
         "ResNet: the degradation problem",
         f"He et al. (2016) saw deeper plain nets train to a *higher training error* than "
@@ -341,7 +359,8 @@ def resnet(m) -> Page:
         f"`fn.models.resnet` nets of depths {', '.join(map(str, m('depths')))} (width "
         f"{m('width')}, batch norm in both) train on the {m('train_examples'):,} MNIST-5k "
         f"training images without augmentation, on the same budget: {m('epochs')} epochs of "
-        f"{m('optimizer')} from {m('lr')}, batch {m('batch_size')}, L2 {m('l2')}. {verdict}",
+        f"{m('optimizer')} (peak {m('lr')} after {m('warmup_epochs'):g} epoch(s) of warm-up), "
+        f"batch {m('batch_size')}, L2 {m('l2')}. {verdict}",
         [("Per net (training error and loss: the whole training set in evaluation mode after "
           "the last epoch; 'last epoch' is the mean over that epoch's batches in train mode; "
           f"test: {m('test_examples'):,} images; grad ratio: ‖∂L/∂W‖ of the first convolution "

@@ -149,6 +149,10 @@ def test_resnet_degradation_compares_the_deepest_with_the_best_shallower():
     assert d["plain_degrades"] and d["residual_degrades"] is False and d["shown"]
     d = resnet.degradation({"20": net(0.02, 0.01), "56": net(0.01, 0.02)})
     assert not d["plain_degrades"] and d["residual_degrades"] and not d["shown"]
+    # a difference within the tolerance (4 of 4,000 images by default) is a tie, not degradation
+    d = resnet.degradation({"20": net(0.002, 0.0), "56": net(0.0025, 0.0005)})
+    assert d["tolerance"] == 0.001 and not d["plain_degrades"] and d["residual_degrades"] is False
+    assert resnet.degradation({"20": net(0.002, 0.0), "56": net(0.0025, 0.0005)}, 1e-4)["plain_degrades"]
     with pytest.raises(ValueError, match="6n"):
         resnet.depths_list("8,21")
     assert resnet.depths_list("56,8,20") == [8, 20, 56]

@@ -34,11 +34,11 @@ def resnet_metrics():
     nets = {"8": {"plain": net(0.0125, 0.04, 0.97, 1000), "residual": net(0.01, 0.03, 0.975, 1100)},
             "56": {"plain": net(0.0475, 0.15, 0.95, 5000), "residual": net(0.0075, 0.02, 0.98, 5200)}}
     # what experiments.resnet.degradation(nets) gives (tests/test_experiments.py checks it)
-    degradation = {"deepest": 56, "shallower": [8], "plain_best_shallower_depth": 8,
+    degradation = {"deepest": 56, "shallower": [8], "tolerance": 0.001, "plain_best_shallower_depth": 8,
                    "plain_deepest_minus_best_shallower": 0.035, "plain_degrades": True,
                    "residual_best_shallower_depth": 8, "residual_deepest_minus_best_shallower": -0.0025,
                    "residual_degrades": False, "shown": True}
-    return {"depths": [8, 56], "width": 16, "epochs": 2, "batch_size": 128, "lr": 0.1,
+    return {"depths": [8, 56], "width": 16, "epochs": 2, "batch_size": 128, "lr": 0.1, "warmup_epochs": 1,
             "l2": 1e-4, "optimizer": "SGD", "train_examples": 4000, "test_examples": 1000,
             "nets": nets, "degradation": degradation,
             "experiment": "resnet", "quick": False, "seed": 0, "run": RUN}
