@@ -373,14 +373,18 @@ def resnet(m) -> Page:
                            "one panel per depth"},
         "The left panel is He et al.'s figure at MNIST scale: for each depth, how fast the "
         "plain (dashed) and residual (solid) nets bring their training error down on the same "
-        "budget. The gradient norms show what the skips change at initialization: through the "
-        "plain stack with batch norm the gradient grows toward the input, while the residual "
-        "net's stays flat.",
-        "One seed, a short budget on a small, easy data set: the gaps between nets are in "
-        "tenths of a point at the end, and a longer budget may close or reverse them. Test "
-        f"accuracy differences on {m('test_examples'):,} images (one image is "
-        f"{100 / m('test_examples'):.2g} point) are not significant. This is not CIFAR-10, and "
-        "the budget is far below He et al.'s.")
+        "budget (a net at 0 % leaves the log scale). The gradient norms show what the skips "
+        "change at initialization: " + "; ".join(
+            f"at depth {d} the first convolution's gradient is "
+            f"{num(m('nets', d, 'plain', 'first_over_last_grad_norm'))}× the last one's in the "
+            f"plain net and {num(m('nets', d, 'residual', 'first_over_last_grad_norm'))}× in "
+            "the residual net" for d in nets) + ".",
+        "One seed, a short budget on a small, easy data set, one learning rate: a longer budget "
+        "or another rate may close or reverse the gaps between the shallower nets, and the "
+        "smallest nets may simply be undertrained at this rate. Test accuracy is not what the "
+        f"study measures: without augmentation and on {m('test_examples'):,} images (one image "
+        f"is {100 / m('test_examples'):.2g} point) its differences are noisy. This is not "
+        "CIFAR-10, and the budget is far below He et al.'s.")
 
 
 def sequence(m) -> Page:
