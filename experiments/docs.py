@@ -106,7 +106,7 @@ def render(name: str, m: Metrics, page: Page, figures: list) -> str:
     if figures:
         out += ["## Figures", ""]
         for filename in figures:
-            caption = page.figures.get(filename, filename)
+            caption = page.figures.get(filename) or page.optional.get(filename, filename)
             out += [f"![{caption}]({name}/{filename})", "", f"*{caption}*", ""]
     out += ["## What the figures show", "", page.shows, "",
             "## What they do not show", "", page.not_shows, ""]

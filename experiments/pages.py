@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 @dataclass
 class Page:
     """What one study page says. tables: (caption, header, rows); figures: {file: caption}
-    for the PNGs the study writes (each must exist beside metrics.json)."""
+    for the PNGs the study writes (each must exist beside metrics.json); optional: captions
+    of figures written only sometimes (the mistakes of a net that made none)."""
     title: str
     summary: str
     tables: list = field(default_factory=list)
     figures: dict = field(default_factory=dict)
     shows: str = ""
     not_shows: str = ""
+    optional: dict = field(default_factory=dict)  # captions of figures a run may not write
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -99,25 +101,27 @@ def cnn(m) -> Page:
     tables = [("Digits, test accuracy per variant (activation/pool/edge):", ["variant", "test accuracy"],
                [[k, pct(v)] for k, v in d.items()])]
     figures = {"curves_digits.png": "digits: test accuracy per epoch of every variant",
-               "filters_digits.png": "digits: the first layer's 3×3 filters (relu/max/pad)",
-               "mistakes_digits.png": "digits: every misclassified test image, true→predicted"}
+               "filters_digits.png": "digits: the first layer's 3×3 filters (relu/max/pad)"}
+    optional = {"mistakes_digits.png": "digits: misclassified test images (the first 32), "
+                                       "true→predicted"}
     if lenet is not None:
         summary += (f" LeNet-5 on MNIST-5k ({m('mnist_epochs')} epochs): {pct(lenet)}, target ≥ "
                     f"96.5 % {met(lenet >= 0.965)}.")
         tables.append(("MNIST-5k LeNet-5:", ["test accuracy", "test errors", "wall time"],
                        [[pct(lenet), m("mnist5k_errors"), sec(m("wall_s", "mnist5k/lenet5"))]]))
         figures |= {"curves_mnist5k.png": "MNIST-5k LeNet-5: training loss and test accuracy per epoch",
-                    "filters_mnist5k.png": "MNIST-5k: LeNet-5's first-layer 5×5 filters",
-                    "mistakes_mnist5k.png": "MNIST-5k: misclassified test images, true→predicted"}
+                    "filters_mnist5k.png": "MNIST-5k: LeNet-5's first-layer 5×5 filters"}
+        optional["mistakes_mnist5k.png"] = ("MNIST-5k: misclassified test images (the first 32), "
+                                            "true→predicted")
     return Page(
         "Convolutional nets: LeNet-5 and one design choice at a time", summary, tables, figures,
         "The curves show how fast each variant's test accuracy rises and where it levels off; "
         "the filter images show the first layer's learned weights, and the mistake images "
-        "every test image the net got wrong, with its true and predicted class.",
+        "the test images the net got wrong (the first 32), with true and predicted class.",
         "The digits test split is small, so the variants' differences are a handful of "
         "images, from one seed: they do not rank pooling, edge handling or activations in "
         "general. Filters this small (3×3, 5×5) do not show recognizable features, and the "
-        "mistakes are not a measure of which errors are hard.")
+        "mistakes are not a measure of which errors are hard.", optional)
 
 
 def gradcheck(m) -> Page:
@@ -289,7 +293,7 @@ def graph_net(m) -> Page:
     shown = pruning[::3] + ([pruning[-1]] if (len(pruning) - 1) % 3 else [])
     return Page(
         "A graph network: a DAG of neurons",
-        f"A DAG of {m('nodes')} neurons ({m('hidden')} hidden) and {m('edges')} edges, given by "
+        f"A DAG of {m('nodes')} neurons ({m('hidden')} hidden) and {m('edges'):,} edges, given by "
         f"an adjacency matrix, trained on the digits for {m('epochs')} epochs: "
         f"**{pct(m('test_accuracy'))}** test accuracy. Relabeling the hidden nodes (P A Pᵀ) "
         f"changes the outputs by {num(m('relabel_max_abs_diff'), 2)} (float32 round-off); "
