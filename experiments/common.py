@@ -51,7 +51,33 @@ def parse(name: str, doc: str, argv=None, add_arguments=None) -> argparse.Namesp
     setup_for_command(no_cache=args.no_cache)  # XLA flags (if JAX has not started), cache
     args.out.mkdir(parents=True, exist_ok=True)
     args.name = name
+    args.started = _now()
+    args.command = " ".join([f"python -m experiments.{name}",
+                             *(sys.argv[1:] if argv is None else map(str, argv))])
     return args
+
+
+def _now() -> dict:
+    """The time (UTC, ISO 8601), the clock (perf_counter) and the load average now."""
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return {"utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "clock": time.perf_counter(), "load_average": load}
+
+
+def run_record(args) -> dict:
+    """Where and when the run happened, as the run saw it: the command, start and end (UTC),
+    wall seconds, the 1/5/15-minute load averages at both ends, the cores and the JAX
+    backend. The generated study pages (experiments/docs.py) print it as it is."""
+    import jax  # already started by every experiment; imported here to keep parse() light
+
+    end = _now()
+    start = getattr(args, "started", end)
+    return {"command": getattr(args, "command", f"python -m experiments.{args.name}"),
+            "started_utc": start["utc"], "finished_utc": end["utc"],
+            "wall_s": round(end["clock"] - start["clock"], 1),
+            "load_average": {"start": start["load_average"], "end": end["load_average"]},
+            "cpu_cores": os.cpu_count(), "backend": jax.default_backend(),
+            "devices": [d.device_kind for d in jax.devices()], "jax": jax.__version__}
 
 
 def _jsonable(v):
@@ -75,6 +101,7 @@ def write_metrics(args, metrics: dict) -> dict:
     metrics.setdefault("experiment", args.name)
     metrics.setdefault("quick", bool(args.quick))
     metrics.setdefault("seed", args.seed)
+    metrics.setdefault("run", run_record(args))
     metrics = _jsonable(metrics)
     path = args.out / "metrics.json"
     tmp = path.with_suffix(".json.tmp")

@@ -121,15 +121,41 @@ def test_optimizers_all_descend(tmp_path):
 
 
 def test_resnet_study_measures_both_nets(tmp_path):
-    m = run(resnet, tmp_path, "grad_norms.png", "curves.png")
-    assert m["depth"] == 8 and m["epochs"] == 1
+    m = run(resnet, tmp_path, "grad_norms.png", "training_error.png")
+    assert m["depths"] == [8] and m["epochs"] == 1 and list(m["nets"]) == ["8"]
+    nets = m["nets"]["8"]
     for name in ("plain", "residual"):
-        norms = m[name]["conv_grad_norms_at_init"]
+        norms = nets[name]["conv_grad_norms_at_init"]
         # the stem and the six block convolutions (projection shortcuts left out), all reached
         assert len(norms) == 7 and all(0 < v < 1e3 for v in norms)
-        assert 0 <= m[name]["test_accuracy"] <= 1 and m[name]["final_train_loss"] > 0
+        assert 0 <= nets[name]["test_accuracy"] <= 1 and nets[name]["train_loss"] > 0
+        assert 0 <= nets[name]["train_error"] <= 1
+        curve = nets[name]["curve"]
+        assert len(curve["train_error"]) == len(curve["test_error"]) == 1 and curve["train_loss"][0] > 0
     # the same layers, plus the two 1x1 conv-bn projections (8 -> 16, 16 -> 32 channels)
-    assert m["residual"]["parameters"] - m["plain"]["parameters"] == (8 * 16 + 16 + 32) + (16 * 32 + 32 + 64)
+    extra = nets["residual"]["parameters"] - nets["plain"]["parameters"]
+    assert extra == (8 * 16 + 16 + 32) + (16 * 32 + 32 + 64)
+    # one depth: nothing to compare
+    assert m["degradation"]["plain_degrades"] is None and not m["degradation"]["shown"]
+
+
+def test_resnet_degradation_compares_the_deepest_with_the_best_shallower():
+    def net(plain, residual):
+        return {"plain": {"train_error": plain}, "residual": {"train_error": residual}}
+
+    d = resnet.degradation({"8": net(0.05, 0.04), "20": net(0.02, 0.01), "56": net(0.09, 0.005)})
+    assert d["deepest"] == 56 and d["plain_best_shallower_depth"] == 20
+    assert math.isclose(d["plain_deepest_minus_best_shallower"], 0.07)
+    assert d["plain_degrades"] and d["residual_degrades"] is False and d["shown"]
+    d = resnet.degradation({"20": net(0.02, 0.01), "56": net(0.01, 0.02)})
+    assert not d["plain_degrades"] and d["residual_degrades"] and not d["shown"]
+    # a difference within the tolerance (4 of 4,000 images by default) is a tie, not degradation
+    d = resnet.degradation({"20": net(0.002, 0.0), "56": net(0.0025, 0.0005)})
+    assert d["tolerance"] == 0.001 and not d["plain_degrades"] and d["residual_degrades"] is False
+    assert resnet.degradation({"20": net(0.002, 0.0), "56": net(0.0025, 0.0005)}, 1e-4)["plain_degrades"]
+    with pytest.raises(ValueError, match="6n"):
+        resnet.depths_list("8,21")
+    assert resnet.depths_list("56,8,20") == [8, 20, 56]
 
 
 def test_sequence_lstm_vs_rnn_and_hidden_gradient_norms(tmp_path):
