@@ -74,8 +74,8 @@ def _plain_attention(causal, rate):
 
     def attend(q, k, v, key):
         """O = drop(A) v, A = softmax(q kᵀ/√d_h) (row max and sums in the accumulation
-        dtype); the cache keeps A and the dropout mask (drawn column by column, as the
-        blockwise form draws it)."""
+        dtype); the cache keeps A and the dropout mask (the whole grid at once; the
+        blockwise form draws the same entries block by block)."""
         b, h, t, dh = q.shape
         s = _dot("bhqd,bhkd->bhqk", q, k, q.dtype) / math.sqrt(dh)
         if causal:

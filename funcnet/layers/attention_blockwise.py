@@ -11,10 +11,10 @@ block's probabilities exactly as P = exp(S − L), so neither pass holds a T × 
 is the same size for any number of blocks. A block size that does not divide T pads the
 keys with zeros and masks the padded columns.
 
-Dropout on the probabilities draws its mask column by column (`column_dropout_mask`), so a
-block regenerates its columns' mask from the key, and the plain form, which draws all T
-columns the same way, applies exactly the same mask. The draws are 16-bit (two per 32-bit
-word), with the kept entries scaled by the inverse of the exact, quantised probability.
+Dropout on the probabilities draws its mask by columns (`column_dropout_mask`), so a block
+regenerates its columns' mask from the key, and the plain form, which draws all T columns
+at once, applies exactly the same mask. The draws are 16-bit (two per 32-bit word), the
+kept entries scaled by the inverse of the exact, quantised probability of keeping.
 
 Low precision: every reduction (scores, running max and sum, logsumexp, P V, the
 gradients' contractions, D = rowsum(dO ⊙ O)) runs in `accumulation_dtype` (float32 for
