@@ -123,7 +123,19 @@ def keep_mask(key, keep: float, shape):
     k = _threshold(keep, 32)
     if k >= 2 ** 32:
         return jnp.ones(shape, bool)
-    return _draw(lambda key, s: _bits32(key, s[0]) < np.uint32(k), key, shape)
+    mask = _draw(lambda key, s: _bits32(key, s[0]) < np.uint32(k), key, shape)
+    return _materialized(mask, key) if isinstance(mask, jax.core.Tracer) else mask
+
+
+def _materialized(mask, key):
+    """`mask` through a conditional whose predicate (k₀ | 1 ≠ 0) is always true but is data to
+    XLA: the mask is then computed once into a buffer. Otherwise XLA:CPU fuses the hash into
+    each of the mask's users (the forward's product and the backward's), hashing twice, and
+    the backward's fusions (and so their float rounding) differ from those of the same
+    backward run apart from its forward (jax.grad of a jitted function); XLA:CPU drops
+    optimization_barrier before fusion, so that does not hold the mask."""
+    k0, _ = _key_words(key)
+    return jax.lax.cond((k0 | 1) != 0, lambda m: m, lambda m: ~m, mask)
 
 
 def _halves(words):
