@@ -119,23 +119,25 @@ def keep_mask(key, keep: float, shape):
     within 2⁻³³): element i of the flattened mask is kept where
     jax.random.bits(key, (n,), uint32)[i] < round(keep·2³²). A pure function of the key.
     Cheaper than `bernoulli` (which makes a float of each word to compare): for threefry
-    keys the hash is written out round by round (`threefry2x32`), one fused kernel."""
+    keys the hash is written out round by round (`threefry2x32`), one fused kernel, and the
+    mask goes through `_packed`, so it is hashed once however many times it is used."""
     k = _threshold(keep, 32)
     if k >= 2 ** 32:
         return jnp.ones(shape, bool)
-    mask = _draw(lambda key, s: _bits32(key, s[0]) < np.uint32(k), key, shape)
-    return _materialized(mask, key) if isinstance(mask, jax.core.Tracer) else mask
+    return _draw(lambda key, s: _packed(_bits32(key, 8 * -(-s[0] // 8)) < np.uint32(k))[:s[0]],
+                 key, shape)
 
 
-def _materialized(mask, key):
-    """`mask` through a conditional whose predicate (k₀ | 1 ≠ 0) is always true but is data to
-    XLA: the mask is then computed once into a buffer. Otherwise XLA:CPU fuses the hash into
-    each of the mask's users (the forward's product and the backward's), hashing twice, and
-    the backward's fusions (and so their float rounding) differ from those of the same
-    backward run apart from its forward (jax.grad of a jitted function); XLA:CPU drops
-    optimization_barrier before fusion, so that does not hold the mask."""
-    k0, _ = _key_words(key)
-    return jax.lax.cond((k0 | 1) != 0, lambda m: m, lambda m: ~m, mask)
+def _packed(keep):
+    """`keep` (a multiple of 8 long) packed eight to a byte and unpacked: the same values,
+    but the packing is a reduction, which XLA computes into a buffer; an elementwise mask
+    is fused into each of its users and hashed again in each (a dropout mask: the forward's
+    product and the backward's), and the backward's fusions (so their float rounding) then
+    differ from those of the same backward run apart from its forward. XLA:CPU removes
+    optimization_barrier before fusion, so a barrier does not hold the mask."""
+    shifts = jnp.arange(8, dtype=np.uint8)
+    packed = jnp.sum(keep.reshape(-1, 8).astype(np.uint8) << shifts, axis=1, dtype=np.uint8)
+    return ((packed[:, None] >> shifts) & 1).reshape(-1).astype(bool)
 
 
 def _halves(words):
