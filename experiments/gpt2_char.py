@@ -43,16 +43,16 @@ TARGET = 1.70  # GPT-2's validation bits/char target (issue 24)
 
 
 def add_arguments(p):
-    p.add_argument("--context", type=int, default=128, help="window length T (default %(default)s)")
+    p.add_argument("--context", type=int, default=64, help="window length T (default %(default)s)")
     p.add_argument("--dim", type=int, default=128, help="width (default %(default)s)")
     p.add_argument("--depth", type=int, default=2, help="blocks (default %(default)s)")
     p.add_argument("--heads", type=int, default=4, help="attention heads (default %(default)s)")
-    p.add_argument("--steps", type=int, default=3000, help="updates per model (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="(default %(default)s)")
+    p.add_argument("--steps", type=int, default=4500, help="updates per model (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="(default %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default %(default)s)")
     p.add_argument("--dropout", type=float, default=0.1,
                    help="GPT-2's dropout rate (the transformer has none; default %(default)s)")
-    p.add_argument("--eval-every", type=int, default=250, help="(default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=500, help="(default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.8, help="(default %(default)s)")
     p.add_argument("--prompt", default="The ", help="(default %(default)r)")
     p.add_argument("--speed-repeats", type=int, default=5,

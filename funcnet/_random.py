@@ -7,6 +7,11 @@ but XLA:CPU compiles a draw of rank 2 or more several times slower than a flat o
 and once per shape eagerly. Every random draw in funcnet (layers, initializers, the gradient
 checks) goes through these.
 
+Dropout masks (`keep_mask`, `grid_keep_mask`) compare unsigned integers with a threshold
+instead of drawing floats, and hash with `threefry2x32` written out round by round: jax's
+own CPU lowering of the hash is a five-iteration loop, a pass over the whole array each,
+which made GPT-2's dropout cost as much as the rest of its training step.
+
 Eager draws (a concrete key: `model.init(key, shape)` called outside jit) go further: they
 draw a power-of-two number of elements and keep the first n. With JAX's (default)
 partitionable threefry, element i depends only on the key and i, so the values are still
@@ -31,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["normal", "uniform", "bernoulli", "randint", "split", "batched_normals"]
+__all__ = ["normal", "uniform", "bernoulli", "randint", "keep_mask", "grid_keep_mask",
+           "keep_probability", "threefry2x32", "split", "batched_normals"]
 
 
 _SMALLEST, _LARGEST = 64, 1 << 22  # buckets; above 4M elements the compile is not the cost
@@ -95,6 +101,111 @@ def bernoulli(key, p, shape):
 
 def randint(key, shape, minval, maxval, dtype=jnp.int32):
     return _draw(lambda k, s: jax.random.randint(k, s, minval, maxval, dtype), key, shape)
+
+
+def keep_probability(keep: float, bits: int) -> float:
+    """The probability a mask of `bits`-bit draws (keep_mask: 32, grid_keep_mask: 16) keeps a
+    unit with: round(keep·2^bits) / 2^bits, within 2^−(bits+1) of `keep` (16 bits, keep =
+    0.9: 58982/65536 = 0.8999939)."""
+    return _threshold(keep, bits) / 2 ** bits
+
+
+def _threshold(keep, bits):
+    return min(max(round(float(keep) * 2 ** bits), 0), 2 ** bits)
+
+
+def keep_mask(key, keep: float, shape):
+    """A boolean dropout mask, True with probability keep_probability(keep, 32) (`keep` to
+    within 2⁻³³): element i of the flattened mask is kept where
+    jax.random.bits(key, (n,), uint32)[i] < round(keep·2³²). A pure function of the key.
+    Cheaper than `bernoulli` (which makes a float of each word to compare): for threefry
+    keys the hash is written out round by round (`threefry2x32`), one fused kernel, and the
+    mask goes through `_packed`, so it is hashed once however many times it is used."""
+    k = _threshold(keep, 32)
+    if k >= 2 ** 32:
+        return jnp.ones(shape, bool)
+    return _draw(lambda key, s: _packed(_bits32(key, 8 * -(-s[0] // 8)) < np.uint32(k))[:s[0]],
+                 key, shape)
+
+
+def _packed(keep):
+    """`keep` (a multiple of 8 long) packed eight to a byte and unpacked: the same values,
+    but the packing is a reduction, which XLA computes into a buffer; an elementwise mask
+    is fused into each of its users and hashed again in each (a dropout mask: the forward's
+    product and the backward's), and the backward's fusions (so their float rounding) then
+    differ from those of the same backward run apart from its forward. XLA:CPU removes
+    optimization_barrier before fusion, so a barrier does not hold the mask."""
+    shifts = jnp.arange(8, dtype=np.uint8)
+    packed = jnp.sum(keep.reshape(-1, 8).astype(np.uint8) << shifts, axis=1, dtype=np.uint8)
+    return ((packed[:, None] >> shifts) & 1).reshape(-1).astype(bool)
+
+
+def _halves(words):
+    """[w₀ mod 2¹⁶, w₀ >> 16, w₁ mod 2¹⁶, …] as uint16."""
+    return jnp.stack([words & 0xFFFF, words >> 16], -1).reshape(-1).astype(np.uint16)
+
+
+def _bits32(key, n):
+    """jax.random.bits(key, (n,), uint32)'s values; for a threefry key (JAX's partitionable
+    layout: element i hashes the counts (0, i) and XORs the two words) by `threefry2x32`."""
+    if not _partitionable_threefry(key):
+        return jax.random.bits(key, (n,), np.uint32)
+    count = jax.lax.iota(np.uint32, n)
+    a, b = threefry2x32(*_key_words(key), jnp.zeros_like(count), count)
+    return a ^ b
+
+
+def grid_keep_mask(key, keep: float, shape, cols=None):
+    """A boolean dropout mask over a grid of shape (*rows, T), True with probability
+    keep_probability(keep, 16), whose any block of columns can be drawn alone: entry (r, c)
+    (r the flattened row index) is kept where u < round(keep·2¹⁶), with u the low half of
+    w = a ^ b for even c and its high half for odd c, (a, b) = threefry2x32(key, (r, c // 2))
+    (the key's two words; for another PRNG, jax.random.bits(key, (2,), uint32)).
+
+    `cols` None: the whole grid, each word drawn once and split in two (half a hash per
+    entry), in the grid's own memory order. `cols` (an int array, may be traced): only
+    those columns, shape (*rows, len(cols)), one hash per entry (a block of attention
+    columns regenerated in a loop, attention_blockwise.py)."""
+    *rows, t = (int(d) for d in shape)
+    n = math.prod(rows)
+    k0, k1 = _key_words(key)
+    if cols is None:
+        r, w = jax.lax.iota(np.uint32, n)[:, None], jax.lax.iota(np.uint32, -(-t // 2))[None, :]
+        a, b = threefry2x32(k0, k1, r, w)
+        u = _halves(a ^ b).reshape(n, -1)[:, :t]
+    else:
+        c = jnp.asarray(cols).astype(np.uint32)[None, :]
+        a, b = threefry2x32(k0, k1, jax.lax.iota(np.uint32, n)[:, None], c // 2)
+        u = jnp.where(c % 2 == 0, (a ^ b) & 0xFFFF, (a ^ b) >> 16).astype(np.uint16)
+    return (u < np.uint16(_threshold(keep, 16))).reshape(*rows, u.shape[-1])
+
+
+def _key_words(key):
+    """The two uint32 words threefry2x32 hashes with: a threefry key's own, else two drawn."""
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        return tuple(jax.random.bits(key, (2,), np.uint32))
+    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return data[0], data[1]
+
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(k0, k1, x0, x1):
+    """The Threefry-2x32 hash of 20 rounds (Salmon et al. 2011, "Parallel random numbers: as
+    easy as 1, 2, 3"), the values of jax.random's threefry2x32 on key (k0, k1) and counts
+    (x0, x1), written out round by round: jax lowers its own hash on CPU as a loop of five
+    iterations whose rotation amounts are loop data, each iteration a pass over the whole
+    array; unrolled, the hash is one fused elementwise kernel (several times faster on
+    XLA:CPU for a dropout mask's million elements)."""
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r)))
+        x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
 
 
 def split(key, num: int = 2):

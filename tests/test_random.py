@@ -190,3 +190,56 @@ def test_fit_init_program_equals_the_model_init_in_jit():
     ts = train._jitted_init(model, optax.sgd(0.1), (2, 5, 5, 1), None)(k_init, k_step)
     want = jax.jit(lambda k: model.init(k, (2, 5, 5, 1)))(k_init)
     _leaves_equal((ts.params, ts.state), want, "fit's init")
+
+
+# ----------------------------------------------------------------------------- dropout masks
+
+def test_threefry2x32_is_jax_random_bits_hash():
+    """jax.random.bits's element i is a ^ b of the hash of the counts (0, i), raw and typed
+    keys (a key word past 2³¹ too)."""
+    for key, data in ((jax.random.PRNGKey(2**40 + 17), None), (jax.random.key(3), jax.random.key_data)):
+        k = data(key) if data else key
+        count = jnp.asarray([0, 1, 2, 1000], jnp.uint32)
+        a, b = jax.jit(fr.threefry2x32)(k[0], k[1], jnp.zeros_like(count), count)
+        full = jax.jit(lambda k: jax.random.bits(k, (1001,), jnp.uint32))(key)
+        np.testing.assert_array_equal(np.asarray(a ^ b), np.asarray(full)[[0, 1, 2, 1000]])
+
+
+def test_keep_mask_is_jax_random_bits_below_the_threshold_eager_and_in_jit():
+    key = jax.random.PRNGKey(11)
+    k = round(0.7 * 2**32)
+    want = np.asarray(jax.random.bits(key, (6 * 7,), jnp.uint32)).reshape(6, 7) < k
+    np.testing.assert_array_equal(np.asarray(fr.keep_mask(key, 0.7, (6, 7))), want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: fr.keep_mask(k, 0.7, (6, 7)))(key)), want)
+    assert fr.keep_mask(key, 1 - 1e-12, (3,)).all()  # the threshold past 2³²: keep all
+    rbg = jax.random.key(1, impl="rbg")  # another PRNG: its own bits
+    np.testing.assert_array_equal(np.asarray(fr.keep_mask(rbg, 0.5, (50,))),
+                                  np.asarray(jax.random.bits(rbg, (50,), jnp.uint32)) < 2**31)
+
+
+def test_grid_keep_mask_entries_and_any_block_of_columns_drawn_alone():
+    """Entry (r, c): half c mod 2 of the word a ^ b hashed from (r, c // 2); the whole grid
+    (odd T too) equals its column blocks drawn one by one, raw and typed keys."""
+    for key, shape in ((jax.random.PRNGKey(4), (2, 3, 5, 5)), (jax.random.key(9), (1, 2, 4, 6))):
+        full = np.asarray(fr.grid_keep_mask(key, 0.6, shape))
+        assert full.shape == shape and full.dtype == bool
+        blocks = jax.jit(lambda cols, key=key, shape=shape: fr.grid_keep_mask(key, 0.6, shape, cols))
+        got = np.concatenate([np.asarray(blocks(jnp.arange(j, min(j + 2, shape[-1]))))
+                              for j in range(0, shape[-1], 2)], -1)
+        np.testing.assert_array_equal(got, full)
+        k0, k1 = fr._key_words(key)
+        r, c = 7 % (full.size // shape[-1]), shape[-1] - 1
+        a, b = fr.threefry2x32(k0, k1, jnp.uint32(r), jnp.uint32(c // 2))
+        u = (int(a ^ b) >> (16 * (c % 2))) & 0xFFFF
+        assert full.reshape(-1, shape[-1])[r, c] == (u < fr._threshold(0.6, 16))
+
+
+def test_mask_fractions_match_the_keep_probability():
+    """1M entries each: the kept fraction within 5 binomial standard errors of p."""
+    key = jax.random.PRNGKey(0)
+    for keep in (0.9, 0.25):
+        p = fr.keep_probability(keep, 16)
+        assert abs(p - keep) <= 2**-17
+        sd = (p * (1 - p) / 2**20) ** 0.5
+        assert abs(float(fr.grid_keep_mask(key, keep, (64, 128, 128)).mean()) - p) < 5 * sd
+        assert abs(float(fr.keep_mask(key, keep, (1024, 1024)).mean()) - keep) < 5 * sd

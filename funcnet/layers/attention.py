@@ -74,8 +74,8 @@ def _plain_attention(causal, rate):
 
     def attend(q, k, v, key):
         """O = drop(A) v, A = softmax(q kᵀ/√d_h) (row max and sums in the accumulation
-        dtype); the cache keeps A and the dropout mask (drawn column by column, as the
-        blockwise form draws it)."""
+        dtype); the cache keeps A and the dropout mask (the whole grid at once; the
+        blockwise form draws the same entries block by block)."""
         b, h, t, dh = q.shape
         s = _dot("bhqd,bhkd->bhqk", q, k, q.dtype) / math.sqrt(dh)
         if causal:
@@ -83,7 +83,7 @@ def _plain_attention(causal, rate):
         a = jax.nn.softmax(s, axis=-1)
         extras = {"a": a.astype(q.dtype)}
         if key is not None:
-            extras["mask"] = column_dropout_mask(key, jnp.arange(t), (b, h, t), 1.0 - rate, q.dtype)
+            extras["mask"] = column_dropout_mask(key, None, (b, h, t), 1.0 - rate, q.dtype)
             a = a * extras["mask"]
         return _dot("bhqk,bhkd->bhqd", a, v, q.dtype), extras
 
@@ -133,7 +133,9 @@ def self_attention(num_heads: int, causal: bool = False, *, dropout: float = 0.0
     b_qkv (three consecutive dim-wide column blocks) and −∞ above the diagonal when `causal`.
     `drop` is inverted dropout at rate `dropout` on the attention probabilities in training
     (GPT-2's attn_dropout; a key is needed then), the identity in evaluation. Its mask's
-    column j (key position j) is bernoulli(fold_in(key, j), 1 − rate, (batch, heads, T)).
+    column j (key position j) is `_random.keep_mask(fold_in(key, j), 1 − rate, (batch, heads,
+    T), bits=16)`, its kept entries scaled by 1 / p with p = round((1 − rate)·2¹⁶)/2¹⁶ the
+    exact probability of keeping (column_dropout_mask).
 
     `block_size` (an int >= 1) runs the attention over key blocks of that size with an online
     softmax and a backward that recomputes each block (flash attention,

@@ -11,9 +11,10 @@ block's probabilities exactly as P = exp(S − L), so neither pass holds a T × 
 is the same size for any number of blocks. A block size that does not divide T pads the
 keys with zeros and masks the padded columns.
 
-Dropout on the probabilities draws its mask column by column (`column_dropout_mask`), so a
-block regenerates its columns' mask from the key, and the plain form, which draws all T
-columns the same way, applies exactly the same mask.
+Dropout on the probabilities draws its mask by columns (`column_dropout_mask`), so a block
+regenerates its columns' mask from the key, and the plain form, which draws all T columns
+at once, applies exactly the same mask. The draws are 16-bit (two per 32-bit word), the
+kept entries scaled by the inverse of the exact, quantised probability of keeping.
 
 Low precision: every reduction (scores, running max and sum, logsumexp, P V, the
 gradients' contractions, D = rowsum(dO ⊙ O)) runs in `accumulation_dtype` (float32 for
@@ -37,11 +38,14 @@ def accumulation_dtype(dtype):
 
 
 def column_dropout_mask(key, cols, shape, keep, dtype):
-    """Inverted-dropout mask for the attention columns `cols` (key positions), shape
-    (*shape, len(cols)) with shape = (batch, heads, T): column c is
-    bernoulli(fold_in(key, c), keep, shape) / keep, whatever block it is drawn in."""
-    draw = jax.vmap(lambda c: _random.bernoulli(jax.random.fold_in(key, c), keep, shape))
-    return jnp.moveaxis(draw(cols), 0, -1).astype(dtype) / keep
+    """Inverted-dropout mask for the attention columns `cols` (key positions; None: all T),
+    shape (*shape, len(cols)) with shape = (batch, heads, T): `_random.grid_keep_mask` over
+    the (batch, heads, T, T) grid, so a block's columns are the same entries whatever block
+    they are drawn in. Its 16-bit draws keep with probability p = round(keep·2¹⁶)/2¹⁶
+    (`_random.keep_probability`: 0.8999939 for keep = 0.9); kept entries are scaled by
+    that exact 1/p, so the expectation stays A."""
+    mask = _random.grid_keep_mask(key, keep, (*shape, shape[-1]), cols)
+    return mask.astype(dtype) * (1.0 / _random.keep_probability(keep, 16))
 
 
 def _to_blocks(a, block_size, num_blocks):

@@ -9,7 +9,9 @@ __all__ = ["dropout"]
 
 def dropout(rate: float) -> Layer:
     """Drop each unit with probability `rate` in training and scale the kept ones by
-    1 / (1 − rate), so evaluation is the identity. Needs a `key` only when train=True.
+    1 / (1 − rate), so evaluation is the identity. Needs a `key` only when train=True. The
+    mask is `_random.keep_mask(key, 1 − rate, x.shape)`: unit i kept where
+    jax.random.bits(key)[i] < round((1 − rate)·2³²).
 
     Backward: dx = δ ⊙ mask / (1 − rate), the forward's mask (the identity in evaluation).
 
@@ -27,7 +29,9 @@ def dropout(rate: float) -> Layer:
             return x, state, {}
         if key is None:
             raise LayerError("dropout needs a PRNG key in training: pass key=... to apply/forward")
-        keep = _random.bernoulli(key, 1.0 - rate, x.shape)
+        # 32-bit draws: kept with probability 1 − rate to within 2⁻³³, so scaling by
+        # 1 / (1 − rate) keeps the mean to far below float32's resolution
+        keep = _random.keep_mask(key, 1.0 - rate, x.shape)
         mask = keep.astype(x.dtype) / (1.0 - rate)
         return x * mask, state, {"mask": mask}
 

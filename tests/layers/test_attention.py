@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
+from funcnet import _random as fr
 from tests.layers.three_way import randomize, three_way
 from tests.reference import normal
 
@@ -136,13 +137,16 @@ def test_dropout_on_the_probabilities_three_ways_and_none_in_evaluation():
         fn.self_attention(2, dropout=1)
 
 
-def test_dropout_mask_column_j_is_drawn_from_the_key_folded_with_j():
+def test_dropout_mask_column_j_is_the_grid_masks_column_j_drawn_alone():
     # the blockwise form regenerates a block's columns this way, so both forms drop alike
     layer = fn.self_attention(2, dropout=0.25)
     key = jax.random.PRNGKey(4)
     params, state = layer.init(jax.random.PRNGKey(0), (2, 5, 4))
     forward = jax.jit(lambda x, key: layer.forward(params, state, x, train=True, key=key)[2])
     mask = np.asarray(forward(jnp.ones((2, 5, 4)), key)["mask"])
+    p = 49152 / 65536  # 0.75 is exact in 16 bits
+    assert fr.keep_probability(0.75, 16) == p
+    column = jax.jit(lambda j: fr.grid_keep_mask(key, 0.75, (2, 2, 5, 5), j[None])[..., 0])
     for j in range(5):
-        keep = jax.random.bernoulli(jax.random.fold_in(key, j), 0.75, (2, 2, 5))
-        np.testing.assert_array_equal(mask[..., j], np.asarray(keep, np.float32) / 0.75)
+        keep = column(jnp.asarray(j))
+        np.testing.assert_array_equal(mask[..., j], np.asarray(keep, np.float32) / p)
