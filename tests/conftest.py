@@ -67,10 +67,26 @@ def _session_cache():
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def _suite_xla_flags():
+    """LLVM at -O0 for the programs the tests compile, unless the user set XLA_FLAGS (theirs
+    win) or FUNCNET_TEST_XLA_OPT=default. ~80 % of the suite's time is XLA compiling ~7,000
+    small programs; -O0 skips LLVM's optimisation passes (the HLO the programs are made of,
+    fusions included, is the same), ~20 % less time. Only LLVM's instruction selection moves
+    (no fused multiply-adds): results move in the last bits, which every tolerance here
+    allows. `FUNCNET_TEST_XLA_OPT=default python -m pytest` runs the suite as users compile."""
+    if "XLA_FLAGS" in os.environ or os.environ.get("FUNCNET_TEST_XLA_OPT") == "default":
+        return
+    os.environ["XLA_FLAGS"] = SUITE_XLA_FLAGS
+
+
 def pytest_configure(config):
     slow = config.getoption("--slow") or os.environ.get("FUNCNET_SLOW") == "1"
     settings.load_profile("slow" if slow else "default")
     os.environ.setdefault("FUNCNET_XLA_DEFAULTS", "0")  # before anything imports experiments
+    _suite_xla_flags()
     _session_cache()
 
 

@@ -29,8 +29,13 @@ TIMEOUT = 180  # s for one run of processes; a hang fails the test instead of bl
 HEARTBEAT = 10  # s: the heartbeat timeout the runs use (funcnet's default is 20)
 
 
+def _flags(devices):
+    """The run's XLA_FLAGS (the suite's, see conftest.py) plus `devices` CPU devices."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+
+
 def _env(devices, **extra):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    env = dict(os.environ, XLA_FLAGS=_flags(devices),
                FUNCNET_HEARTBEAT_TIMEOUT=str(HEARTBEAT), PYTHONUNBUFFERED="1")
     for k in ("FUNCNET_COORDINATOR", "FUNCNET_NUM_PROCESSES", "FUNCNET_PROCESS_ID"):
         env.pop(k, None)

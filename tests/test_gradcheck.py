@@ -215,7 +215,8 @@ def test_a_large_weight_is_checked_along_directions_and_integer_ids_are_constant
     x = fr.normal(jax.random.PRNGKey(1), (2, 100))
     report = fn.check_gradients(model, params, state, x)
     assert report.ok and report.rows[1].path == "0:dense/w projected (4 directions)"
-    assert report.rows[1].shape == (100, 100) and report.rows[1].manual_vs_autodiff < 1e-12
+    assert report.rows[1].shape == (100, 100) and report.rows[1].manual_vs_autodiff < 1e-11
+    # (float64 round-off: 100-term sums summed in a different order, a few 1e-12)
 
     def transposed(p, cache, dy):
         dp, dx = dense.backward(p, cache, dy)
