@@ -18,7 +18,7 @@ def small_bn_net():
                      fn.dense(10))
 
 
-def _flags(devices):
+def device_flags(devices):
     """The run's XLA_FLAGS (the suite's, see conftest.py) plus `devices` CPU devices."""
     return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
 
@@ -26,7 +26,7 @@ def _flags(devices):
 def run_on_devices(code: str, devices: int, timeout: int = 300):
     """Run `code` in a new Python process with `devices` CPU devices; return the JSON it
     prints on a line starting with RESULT."""
-    env = dict(os.environ, XLA_FLAGS=_flags(devices),
+    env = dict(os.environ, XLA_FLAGS=device_flags(devices),
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=timeout)

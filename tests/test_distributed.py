@@ -21,6 +21,7 @@ import pytest
 
 import funcnet as fn
 from funcnet import FuncnetError, distributed, launch
+from tests.nets import device_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
@@ -29,13 +30,8 @@ TIMEOUT = 180  # s for one run of processes; a hang fails the test instead of bl
 HEARTBEAT = 10  # s: the heartbeat timeout the runs use (funcnet's default is 20)
 
 
-def _flags(devices):
-    """The run's XLA_FLAGS (the suite's, see conftest.py) plus `devices` CPU devices."""
-    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-
-
 def _env(devices, **extra):
-    env = dict(os.environ, XLA_FLAGS=_flags(devices),
+    env = dict(os.environ, XLA_FLAGS=device_flags(devices),
                FUNCNET_HEARTBEAT_TIMEOUT=str(HEARTBEAT), PYTHONUNBUFFERED="1")
     for k in ("FUNCNET_COORDINATOR", "FUNCNET_NUM_PROCESSES", "FUNCNET_PROCESS_ID"):
         env.pop(k, None)

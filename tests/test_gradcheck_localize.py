@@ -143,9 +143,9 @@ def _wrong_at(make, n):
 
 
 def test_a_wrong_layer_deep_in_a_resnet_and_in_a_transformer_attention_is_named(monkeypatch):
-    # the ninth batch norm built is the last block's projection shortcut's (stem 1, blocks
-    # 2-3, 4-5 + shortcut 6, 7-8 + shortcut 9): inside a residual, inside its shortcut; the
-    # walk from the output reaches it after four layers (each layer tried is a compilation)
+    # the ninth (last) batch norm built is the last block's projection shortcut's: inside a
+    # residual, inside its shortcut; the walk from the output reaches it after four layers
+    # (each layer tried is a compilation)
     monkeypatch.setattr(fn.models, "batch_norm", _wrong_at(fn.batch_norm, 9))
     resnet = fn.models.resnet(3, image_size=6, depth=8, width=2)
     note = check(resnet, (2, 6, 6, 1)).notes[-1]
