@@ -10,8 +10,8 @@ and in the processes the tests start: FUNCNET_XLA_DEFAULTS=0 keeps funcnet's CPU
 setting and opt-outs are tested in test_xla_env.py; to run the whole suite under them, set
 XLA_FLAGS yourself (the user's XLA_FLAGS wins everywhere). Until session 11 the suite ran
 under the command's flags: XLA's own emitters, which they select, compile ~15 % slower (6 min
-54 s against 5 min 57 s for the same 494 tests, benchmarks/investigations/where-does-the-test-
-suite-spend-its-time.md).
+54 s against 5 min 57 s for the same 494 tests,
+benchmarks/investigations/where-does-the-test-suite-spend-its-time.md).
 
 Before any test imports JAX: one persistent compilation cache for the whole session, shared
 by the pytest-xdist workers and the subprocesses the tests start, so a program compiled by
