@@ -4,7 +4,7 @@ Default profile: 20 examples per property (the curated configs, new seeds). `pyt
 FUNCNET_SLOW=1) draws 500. Nothing is skipped either way.
 
 XLA's flags: XLA's own defaults, what `import funcnet` gives a library user (almost every test
-calls the library as such a user does), with LLVM at -O0 (`_suite_xla_flags`), in this process
+calls the library as such a user does), compiled more cheaply (`_suite_xla_flags`), in this process
 and in the processes the tests start: FUNCNET_XLA_DEFAULTS=0 keeps funcnet's CPU flags (the
 `funcnet` command's) from being set, including by `import experiments` at collection. Their
 setting and opt-outs are tested in test_xla_env.py; to run the whole suite under them, set
@@ -25,6 +25,8 @@ import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.suite_xla import SUITE_XLA_FLAGS
 
 settings.register_profile("default", max_examples=20, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -68,16 +70,16 @@ def _session_cache():
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
-
-
 def _suite_xla_flags():
-    """LLVM at -O0 for the programs the tests compile, unless the user set XLA_FLAGS (theirs
-    win) or FUNCNET_TEST_XLA_OPT=default. ~80 % of the suite's time is XLA compiling ~7,000
-    small programs; -O0 skips LLVM's optimisation passes (the HLO the programs are made of,
-    fusions included, is the same): 11 min 02 s -> 9 min 06 s for the 820 tests. Results
-    move in the last bits (one float64 comparison measured 1.16e-12 instead of below
-    1e-12). `FUNCNET_TEST_XLA_OPT=default python -m pytest` runs the suite as users compile."""
+    """tests/suite_xla.py's flags (LLVM at -O0, XLA's older elemental emitters) for the
+    programs the tests compile, unless the user set XLA_FLAGS (theirs win) or
+    FUNCNET_TEST_XLA_OPT=default. ~80 % of the suite's time is XLA compiling ~7,000 small
+    programs; both settings keep the HLO (fusions included) and make each kernel cheaper to
+    compile: 10 min 07 s (XLA's defaults) -> 7 min 11 s for the 820 tests on 2 cores (-O0
+    alone: 8 min 54 s). Results move in the last bits (one float64 comparison measured
+    1.16e-12 instead of below 1e-12); the tests that claim bit-equal programs run under XLA's
+    defaults in a process of their own (`with_xla_default_codegen`).
+    `FUNCNET_TEST_XLA_OPT=default python -m pytest` runs the whole suite as users compile."""
     if "XLA_FLAGS" in os.environ or os.environ.get("FUNCNET_TEST_XLA_OPT") == "default":
         return
     os.environ["XLA_FLAGS"] = SUITE_XLA_FLAGS
