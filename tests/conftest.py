@@ -78,7 +78,7 @@ def _suite_xla_flags():
     compile: 10 min 07 s (XLA's defaults) -> 7 min 11 s for the 820 tests on 2 cores (-O0
     alone: 8 min 54 s). Results move in the last bits (one float64 comparison measured
     1.16e-12 instead of below 1e-12); the tests that claim bit-equal programs run under XLA's
-    defaults in a process of their own (`with_xla_default_codegen`).
+    fusion emitters in a process of their own (`with_xla_fusion_emitters`).
     `FUNCNET_TEST_XLA_OPT=default python -m pytest` runs the whole suite as users compile."""
     if "XLA_FLAGS" in os.environ or os.environ.get("FUNCNET_TEST_XLA_OPT") == "default":
         return

@@ -6,7 +6,7 @@ import numpy as np
 
 import funcnet as fn
 from funcnet import _random as fr
-from tests.suite_xla import with_xla_default_codegen
+from tests.suite_xla import with_xla_fusion_emitters
 
 SHAPES = [(3,), (2, 3), (3, 2, 2, 2), (130,)]
 
@@ -120,7 +120,7 @@ DRAWS = [(1, jnp.float32, None), (150, jnp.float32, (2 / 25) ** 0.5), (3, jnp.fl
          (2400, jnp.float32, (2 / 150) ** 0.5), (130, jnp.float64, None), (7, jnp.float64, 0.05)]
 
 
-@with_xla_default_codegen
+@with_xla_fusion_emitters
 def test_batched_normals_equal_the_draws_one_by_one_in_jit():
     """Batched draws are the per-call draws bit for bit, float32 and float64 (XLA folds
     √2·scale into one constant in the per-call program: the batch does the same), with raw
@@ -179,7 +179,7 @@ def test_batched_normals_take_only_the_cases_checked_equal():
     assert not fr._Batch.takes(jax.random.PRNGKey(0), (3,), jnp.float32, None)  # eager key
 
 
-@with_xla_default_codegen
+@with_xla_fusion_emitters
 def test_fit_init_program_equals_the_model_init_in_jit():
     """fit and init_train_state's one compiled init (batched draws) gives model.init's values
     in jit exactly (convolutions, batch norm, a residual branch, dense)."""

@@ -103,7 +103,7 @@ def _split(flat, like):
 
 def _program(objective, exact, treedef, plan, eps):
     """The traced program(leaves, rows, signs, table, index, sign, is_coord) -> (value,
-    auto, manual, f(x), f at the vmapped rows, f at the sequential rows)."""
+    auto, manual, f at the vmapped rows, f at the sequential rows)."""
     def moved(leaves, which, flat):
         full = list(leaves)
         for j, part in zip(which, _split(flat, [leaves[i] for i in which])):
@@ -111,8 +111,8 @@ def _program(objective, exact, treedef, plan, eps):
         return objective(jax.tree_util.tree_unflatten(treedef, full))
 
     def program(leaves, rows, signs, table, index, sign, is_coord):
+        # value is the objective at the point (exact's forward), the differences' centre
         value, auto, manual = exact(jax.tree_util.tree_unflatten(treedef, leaves))
-        f0 = objective(jax.tree_util.tree_unflatten(treedef, leaves))
         dtype = leaves[0].dtype if leaves else jnp.float64
         coords, along = jnp.zeros((0, 0), dtype), jnp.zeros((0,), dtype)
         if plan.small:
@@ -130,29 +130,29 @@ def _program(objective, exact, treedef, plan, eps):
                 return moved(leaves, plan.seq, q_flat + s * eps * d)
 
             along = jax.lax.map(one, (index, sign, is_coord))
-        return value, auto, manual, f0, coords, along
+        return value, auto, manual, coords, along
     return program
 
 
 def fused_check(objective, exact, point, big, directions, eps, one_by_one=()):
     """Run the one program. objective(point) -> scalar loss; exact(point) -> (value, auto,
-    manual) (traced inside); big: indices of the leaves checked along `directions`
-    ({j: (D,) + shape unit vectors}), every other leaf is differenced coordinate by
-    coordinate: vmapped, except the leaves in `one_by_one` (convolution kernels: a batch
-    of rows that each carry their own kernel is a grouped convolution, very slow on XLA
-    CPU), which run one row at a time like the directions. Returns (value, auto, manual,
-    coords, projected): coords[j] = (centred, forward, backward) arrays of leaf j's shape
-    for the small leaves, projected[j] = (centred, forward, backward) of shape (D,) for the
-    big ones (float64 NumPy)."""
+    manual) (traced inside), value being objective(point); big: indices of the leaves
+    checked along `directions` ({j: (D,) + shape unit vectors}), every other leaf is
+    differenced coordinate by coordinate: vmapped, except the leaves in `one_by_one`
+    (convolution kernels: a batch of rows that each carry their own kernel is a grouped
+    convolution, very slow on XLA CPU), which run one row at a time like the directions.
+    Returns (value, auto, manual, coords, projected): coords[j] = (centred, forward,
+    backward) arrays of leaf j's shape for the small leaves, projected[j] = (centred,
+    forward, backward) of shape (D,) for the big ones (float64 NumPy)."""
     leaves, treedef = jax.tree_util.tree_flatten(point)
     eps = step(eps, leaves)
     plan = _plan(leaves, big, directions, one_by_one)
     # (LLVM -O0 for this program was measured and rejected: benchmarks/RESULTS.md,
     # "Gradient checking (#12)".) NumPy arguments go in as they are: jnp.asarray would
     # compile a program for each.
-    value, auto, manual, f0, coords, along = jax.jit(_program(objective, exact, treedef, plan, eps))(
+    value, auto, manual, coords, along = jax.jit(_program(objective, exact, treedef, plan, eps))(
         leaves, *_vmapped_rows(plan.n_small), *_sequential_rows(leaves, plan, directions))
-    out_c, out_p = _unpack(leaves, plan, directions, float(f0), coords, along, eps)
+    out_c, out_p = _unpack(leaves, plan, directions, float(value), coords, along, eps)
     return value, auto, manual, out_c, out_p
 
 
