@@ -4,14 +4,14 @@ Default profile: 20 examples per property (the curated configs, new seeds). `pyt
 FUNCNET_SLOW=1) draws 500. Nothing is skipped either way.
 
 XLA's flags: XLA's own defaults, what `import funcnet` gives a library user (almost every test
-calls the library as such a user does), compiled more cheaply (`_suite_xla_flags`), in this process
-and in the processes the tests start: FUNCNET_XLA_DEFAULTS=0 keeps funcnet's CPU flags (the
-`funcnet` command's) from being set, including by `import experiments` at collection. Their
-setting and opt-outs are tested in test_xla_env.py; to run the whole suite under them, set
-XLA_FLAGS yourself (the user's XLA_FLAGS wins everywhere). Until session 11 the suite ran
-under the command's flags: XLA's own emitters, which they select, compile ~15 % slower (6 min
-54 s against 5 min 57 s for the same 494 tests,
-benchmarks/investigations/where-does-the-test-suite-spend-its-time.md).
+calls the library as such a user does), except that the suite's programs compile more cheaply
+(`_suite_xla_flags`), in this process and in the processes the tests start.
+FUNCNET_XLA_DEFAULTS=0 keeps funcnet's CPU flags (the `funcnet` command's) from being set,
+including by `import experiments` at collection. Their setting and opt-outs are tested in
+test_xla_env.py; to run the whole suite under them, set XLA_FLAGS yourself (the user's
+XLA_FLAGS wins everywhere). Until session 11 the suite ran under the command's flags: XLA's
+own emitters, which they select, compile ~15 % slower (6 min 54 s against 5 min 57 s for the
+same 494 tests, benchmarks/investigations/where-does-the-test-suite-spend-its-time.md).
 
 Before any test imports JAX: one persistent compilation cache for the whole session, shared
 by the pytest-xdist workers and the subprocesses the tests start, so a program compiled by
@@ -73,13 +73,14 @@ def _session_cache():
 def _suite_xla_flags():
     """tests/suite_xla.py's flags (LLVM at -O0, XLA's older elemental emitters) for the
     programs the tests compile, unless the user set XLA_FLAGS (theirs win) or
-    FUNCNET_TEST_XLA_OPT=default. ~80 % of the suite's time is XLA compiling ~7,000 small
-    programs; both settings keep the HLO (fusions included) and make each kernel cheaper to
-    compile: 10 min 07 s (XLA's defaults) -> 7 min 11 s for the 820 tests on 2 cores (-O0
-    alone: 8 min 54 s). Results move in the last bits (one float64 comparison measured
-    1.16e-12 instead of below 1e-12); the tests that claim bit-equal programs run under XLA's
-    fusion emitters in a process of their own (`with_xla_fusion_emitters`).
-    `FUNCNET_TEST_XLA_OPT=default python -m pytest` runs the whole suite as users compile."""
+    FUNCNET_TEST_XLA_OPT=default. Most of the suite's time is XLA compiling (and JAX
+    lowering) ~7,000 small programs; both settings keep the HLO (fusions included) and make
+    each kernel cheaper to compile: 10 min 07 s (XLA's defaults) -> 7 min 11 s for the 820
+    tests on 2 cores (-O0 alone: 8 min 54 s). Results move in the last bits (one float64
+    comparison measured 1.16e-12 instead of below 1e-12); the tests that claim bit-equal
+    programs run under XLA's fusion emitters in a process of their own
+    (`with_xla_fusion_emitters`). `FUNCNET_TEST_XLA_OPT=default python -m pytest` runs the
+    whole suite as users compile."""
     if "XLA_FLAGS" in os.environ or os.environ.get("FUNCNET_TEST_XLA_OPT") == "default":
         return
     os.environ["XLA_FLAGS"] = SUITE_XLA_FLAGS

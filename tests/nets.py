@@ -9,6 +9,8 @@ import sys
 import funcnet as fn
 import optax
 
+from tests.suite_xla import device_flags
+
 MLP16, SGD = fn.models.mlp(10, (16,)), optax.sgd(0.1)
 
 
@@ -16,11 +18,6 @@ def small_bn_net():
     """A net with every kind of step-to-step flow: batch-norm state and dropout keys."""
     return fn.serial(fn.flatten, fn.dense(32), fn.batch_norm(), fn.relu, fn.dropout(0.2),
                      fn.dense(10))
-
-
-def device_flags(devices):
-    """The run's XLA_FLAGS (the suite's, see conftest.py) plus `devices` CPU devices."""
-    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
 
 
 def run_on_devices(code: str, devices: int, timeout: int = 300):

@@ -1,5 +1,6 @@
 """The suite's XLA compile settings (conftest.py sets them unless the user set XLA_FLAGS),
-and a way out of them for the tests that compare bits. Imports nothing heavy: conftest.py
+the same plus a device count for the processes tests start, and a way out of them for the
+tests that compare bits. Imports nothing heavy: conftest.py
 reads it before JAX starts."""
 import functools
 import inspect
@@ -14,6 +15,11 @@ import sys
 LLVM_O0 = "--xla_backend_optimization_level=0"
 SUITE_XLA_FLAGS = f"{LLVM_O0} --xla_cpu_use_fusion_emitters=false"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def device_flags(devices):
+    """The run's XLA_FLAGS (the suite's, or the user's) plus `devices` CPU devices."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
 
 
 def with_xla_fusion_emitters(test):

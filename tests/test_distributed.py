@@ -21,7 +21,7 @@ import pytest
 
 import funcnet as fn
 from funcnet import FuncnetError, distributed, launch
-from tests.nets import device_flags
+from tests.suite_xla import device_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
